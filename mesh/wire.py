@@ -1,0 +1,303 @@
+"""Wire format of the task protocol ``/p2c2r/task/1.0.0``: frames, records, payload encoding.
+
+A frame is a 4-byte big-endian body length followed by a msgpack body::
+
+    body = [version, type, items]
+
+``type`` is one of
+
+- ``"T"`` tasks:   items = [[task_id(16 bytes), kind, params(map), data, enc, budget_ms], ...]
+- ``"R"`` results: items = [[task_id, 1, output, enc, ts_ms, signature], ...]  (success)
+                          or [[task_id, 0, error_code, message], ...]        (typed failure)
+- ``"C"`` cancel:  items = [task_id, ...]
+- ``"E"`` error:   items = [error_code, message]   (a frame-level error: the frame the peer
+  sent could not be decoded, so no task id can be named)
+
+The task id doubles as the request id: many tasks are in flight on one stream and results
+come back in any order. Several tasks (or results) in one frame is batching; the sender
+packs whatever is queued when it writes. ``enc`` is 0 for raw bytes, 1 for zstd; zstd is
+used only for large payloads that are not already compressed images, and the decoder
+checks the declared decompressed size against the limit before allocating anything.
+
+``FrameDecoder`` is sans-IO: feed it bytes as they arrive, get frame bodies out. A frame
+whose declared length exceeds the maximum raises ``FrameTooLargeError``: the stream
+cannot be re-synchronised after that, so the shell replies with an error frame and
+resets. A body that does not decode raises another ``ProtocolError``; the shell replies
+with an error frame and keeps the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+from mesh.errors import FrameTooLargeError, ProtocolError, UnsupportedVersionError
+
+PROTOCOL_ID = "/p2c2r/task/1.0.0"
+VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+TASK_ID_LEN = 16
+ENC_RAW = 0
+ENC_ZSTD = 1
+#: Payloads at least this large are worth trying to compress.
+ZSTD_MIN_SIZE = 64 * 1024
+MAX_ITEMS_PER_FRAME = 65536
+MAX_KIND_LEN = 64
+MAX_PARAMS = 64
+MAX_MESSAGE_LEN = 4096
+
+_HEADER = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    task_id: bytes
+    kind: str
+    params: dict[str, Any]
+    data: bytes
+    enc: int = ENC_RAW
+    #: Milliseconds the worker may spend before the gamer stops waiting; 0 means no limit.
+    budget_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    task_id: bytes
+    output: bytes
+    enc: int
+    ts_ms: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    task_id: bytes
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: str
+    tasks: tuple[TaskRecord, ...] = ()
+    results: tuple[ResultRecord | ErrorRecord, ...] = ()
+    cancels: tuple[bytes, ...] = ()
+    error: tuple[str, str] | None = None
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _frame(body: list[Any]) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return _HEADER.pack(len(packed)) + packed
+
+
+def encode_tasks(tasks: list[TaskRecord]) -> bytes:
+    items = [[t.task_id, t.kind, t.params, t.data, t.enc, t.budget_ms] for t in tasks]
+    return _frame([VERSION, "T", items])
+
+
+def encode_results(results: list[ResultRecord | ErrorRecord]) -> bytes:
+    items: list[list[Any]] = []
+    for r in results:
+        if isinstance(r, ResultRecord):
+            items.append([r.task_id, 1, r.output, r.enc, r.ts_ms, r.signature])
+        else:
+            items.append([r.task_id, 0, r.code, r.message[:MAX_MESSAGE_LEN]])
+    return _frame([VERSION, "R", items])
+
+
+def encode_cancels(task_ids: list[bytes]) -> bytes:
+    return _frame([VERSION, "C", list(task_ids)])
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return _frame([VERSION, "E", [code, message[:MAX_MESSAGE_LEN]]])
+
+
+# ---------------------------------------------------------------- payloads
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"RIFF", b"GIF8")
+
+
+def compress_payload(data: bytes, min_size: int = ZSTD_MIN_SIZE) -> tuple[bytes, int]:
+    """zstd-compress ``data`` when it is large, not an already-compressed image, and shrinks."""
+    if len(data) < min_size or data[:4].startswith(_IMAGE_MAGIC):
+        return data, ENC_RAW
+    packed = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
+    if len(packed) > len(data) * 0.9:
+        return data, ENC_RAW
+    return packed, ENC_ZSTD
+
+
+def decompress_payload(data: bytes, enc: int, limit: int) -> bytes:
+    """Undo ``compress_payload``; refuses payloads that would expand past ``limit`` bytes."""
+    if enc == ENC_RAW:
+        return data
+    if enc != ENC_ZSTD:
+        raise ProtocolError(f"unknown payload encoding {enc}")
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError("zstd payload has no valid frame header") from exc
+    if size < 0 or size > limit:
+        raise ProtocolError(f"zstd payload declares {size} bytes, over the limit of {limit}")
+    try:
+        out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"corrupt zstd payload: {exc}") from exc
+    if len(out) != size:
+        raise ProtocolError("zstd payload size does not match its header")
+    return out
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def params_digest(params: dict[str, Any]) -> bytes:
+    """A canonical digest of task parameters (keys sorted, msgpack)."""
+    canon = msgpack.packb(sorted(params.items()), use_bin_type=True)
+    return hashlib.sha256(canon).digest()
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream. Sans-IO: ``feed`` bytes, iterate bodies."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need: int | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Add ``data``; yield every complete frame body. Raises ``FrameTooLargeError``."""
+        self._buf += data
+        while True:
+            if self._need is None:
+                if len(self._buf) < 4:
+                    return
+                (n,) = _HEADER.unpack_from(self._buf)
+                if n > self.max_frame:
+                    raise FrameTooLargeError(f"frame of {n} bytes exceeds the maximum of {self.max_frame}")
+                self._need = n
+            if len(self._buf) < 4 + self._need:
+                return
+            body = bytes(self._buf[4 : 4 + self._need])
+            del self._buf[: 4 + self._need]
+            self._need = None
+            yield body
+
+
+def _check_id(x: Any) -> bytes:
+    if not isinstance(x, bytes) or len(x) != TASK_ID_LEN:
+        raise ProtocolError("task id must be 16 bytes")
+    return x
+
+
+def _check_enc(x: Any) -> int:
+    if x not in (ENC_RAW, ENC_ZSTD) or isinstance(x, bool):
+        raise ProtocolError(f"unknown payload encoding {x!r}")
+    return int(x)
+
+
+def _check_int(x: Any, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**63:
+        raise ProtocolError(f"{what} must be a non-negative 64-bit integer")
+    return x
+
+
+def _check_str(x: Any, what: str, limit: int) -> str:
+    if not isinstance(x, str) or len(x) > limit:
+        raise ProtocolError(f"{what} must be a string of at most {limit} characters")
+    return x
+
+
+def _decode_task(item: Any) -> TaskRecord:
+    if not isinstance(item, list) or len(item) != 6:
+        raise ProtocolError("task record must be a list of 6 fields")
+    tid, kind, params, data, enc, budget = item
+    if not isinstance(params, dict) or len(params) > MAX_PARAMS:
+        raise ProtocolError(f"task params must be a map of at most {MAX_PARAMS} entries")
+    if not all(isinstance(k, str) for k in params):
+        raise ProtocolError("task parameter names must be strings")
+    if not isinstance(data, bytes):
+        raise ProtocolError("task data must be bytes")
+    return TaskRecord(
+        task_id=_check_id(tid),
+        kind=_check_str(kind, "task kind", MAX_KIND_LEN),
+        params=params,
+        data=data,
+        enc=_check_enc(enc),
+        budget_ms=_check_int(budget, "task budget"),
+    )
+
+
+def _decode_result(item: Any) -> ResultRecord | ErrorRecord:
+    if not isinstance(item, list) or len(item) < 2:
+        raise ProtocolError("result record must be a list")
+    tid = _check_id(item[0])
+    if item[1] == 1 and not isinstance(item[1], bool) and len(item) == 6:
+        _, _, output, enc, ts, sig = item
+        if not isinstance(output, bytes) or not isinstance(sig, bytes) or len(sig) != 64:
+            raise ProtocolError("result output must be bytes and signature 64 bytes")
+        return ResultRecord(tid, output, _check_enc(enc), _check_int(ts, "timestamp"), sig)
+    if item[1] == 0 and not isinstance(item[1], bool) and len(item) == 4:
+        return ErrorRecord(
+            tid,
+            _check_str(item[2], "error code", 64),
+            _check_str(item[3], "error message", MAX_MESSAGE_LEN),
+        )
+    raise ProtocolError("result record has an unknown shape")
+
+
+def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+    """Decode one frame body; any problem raises a ``ProtocolError`` subclass."""
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_array_len=MAX_ITEMS_PER_FRAME,
+            max_map_len=MAX_PARAMS,
+            max_str_len=max_frame,
+            max_bin_len=max_frame,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a zoo of ValueError/TypeError/Extra data subclasses
+        raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}") from exc
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("frame body must be [version, type, items]")
+    version, ftype, items = obj
+    if version != VERSION or isinstance(version, bool):
+        raise UnsupportedVersionError(f"protocol version {version!r} is not supported (this node speaks {VERSION})")
+    if not isinstance(items, list):
+        raise ProtocolError("frame items must be a list")
+    if ftype == "T":
+        return Frame("T", tasks=tuple(_decode_task(i) for i in items))
+    if ftype == "R":
+        return Frame("R", results=tuple(_decode_result(i) for i in items))
+    if ftype == "C":
+        return Frame("C", cancels=tuple(_check_id(i) for i in items))
+    if ftype == "E":
+        if len(items) != 2:
+            raise ProtocolError("error frame must be [code, message]")
+        return Frame(
+            "E",
+            error=(_check_str(items[0], "error code", 64), _check_str(items[1], "error message", MAX_MESSAGE_LEN)),
+        )
+    raise ProtocolError(f"unknown frame type {ftype!r}")

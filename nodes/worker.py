@@ -1,0 +1,307 @@
+"""The worker role: serves ``/p2c2r/task/1.0.0`` streams, runs registered kernels, signs results.
+
+One stream carries many tasks in flight. Per stream, a reader task decodes frames and
+starts one trio task per received task; a writer task drains finished results and packs
+everything queued into one frame (batching without a timer: under load, results
+accumulate while the previous frame is written). Kernels run off the trio thread in a
+bounded thread pool (``trio.to_thread`` with a ``CapacityLimiter``) or, when configured,
+a process pool; only kinds marked ``inline`` (echo) run on the loop.
+
+Protocol errors are answered, logged with the peer id, and never take the node down:
+
+- a body that does not decode gets an ``E`` frame and the stream keeps going;
+- a frame whose declared length exceeds the maximum cannot be skipped, so the stream
+  gets an ``E`` frame and is reset; other streams are untouched;
+- a task that fails validation gets a typed error result for its task id.
+
+The worker never stops reading a stream to apply back-pressure (py-libp2p resets streams
+whose reader stalls for ~5 s, see shared/notes); beyond ``max_queued`` tasks it answers
+``rejected`` at once, so the gamer can place the work elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mesh import wire
+from mesh.errors import (
+    ConnectionLostError,
+    FrameTooLargeError,
+    P2C2RError,
+    ProtocolError,
+    RejectedError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from mesh.identity import Identity, peer_id_to_str
+from mesh.transport import Host, Stream, write_chunked
+from tasks.receipt import receipt_digest
+from tasks.registry import Registry, TaskKind
+
+log = logging.getLogger("p2c2r.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    #: Kernels running at once. Default: one per core (numpy/torch release the GIL).
+    concurrency: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    #: "thread" (default, measured faster for our kernels) or "process".
+    executor: str = "thread"
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+    #: Tasks queued or running per node before new ones are rejected.
+    max_queued: int = 8192
+    #: Largest frame of results the writer packs before writing.
+    max_batch_bytes: int = 4 * 1024 * 1024
+    read_chunk: int = 256 * 1024
+
+
+@dataclass
+class WorkerStats:
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    protocol_errors: int = 0
+    streams: int = 0
+    busy_s: float = 0.0
+    per_kind: dict[str, int] = field(default_factory=dict)
+
+
+def _execute(kind: TaskKind, params: dict[str, Any], data: bytes, enc: int, max_frame: int) -> tuple[bytes, bytes, bytes]:
+    """Decode, compute and hash one task: returns (input digest, output digest, output)."""
+    raw = wire.decompress_payload(data, enc, max_frame)
+    output = kind.execute(params, raw)
+    return wire.digest(raw), wire.digest(output), output
+
+
+_kind_cache: dict[str, TaskKind] = {}
+
+
+def _execute_by_name(
+    kind_name: str, params: dict[str, Any], data: bytes, enc: int, max_frame: int
+) -> tuple[bytes, bytes, bytes]:
+    """Process-pool entry point: kinds are looked up in the child's own default registry."""
+    kind = _kind_cache.get(kind_name)
+    if kind is None:
+        from tasks.registry import default_registry
+
+        kind = _kind_cache[kind_name] = default_registry().get(kind_name)
+    return _execute(kind, params, data, enc, max_frame)
+
+
+class Worker:
+    """Serves tasks on a host. Start with ``await nursery.start(worker.run)``."""
+
+    def __init__(self, host: Host, identity: Identity, registry: Registry, config: WorkerConfig = WorkerConfig()):
+        self.host = host
+        self.identity = identity
+        self.registry = registry
+        self.config = config
+        self.stats = WorkerStats()
+        self._limiter = trio.CapacityLimiter(config.concurrency)
+        self._queued = 0
+        self._executor: Executor | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Test hook: a function that may rewrite (output, signature) before sending.
+        self.tamper: Callable[[wire.TaskRecord, bytes, bytes], tuple[bytes, bytes]] | None = None
+
+    @property
+    def load(self) -> float:
+        return self._queued / max(1, self.config.concurrency)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.config.executor == "process":
+            self._executor = ProcessPoolExecutor(max_workers=self.config.concurrency)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.host.set_stream_handler(wire.PROTOCOL_ID, self.handle_stream)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def handle_stream(self, stream: Stream) -> None:
+        peer = peer_id_to_str(stream.remote_peer)
+        self.stats.streams += 1
+        send, recv = trio.open_memory_channel[wire.ResultRecord | wire.ErrorRecord | bytes](self.config.max_queued)
+        outcome: list[str] = []
+
+        async def reader() -> None:
+            try:
+                async with send:
+                    await self._read_loop(stream, send, nursery, peer)
+            except ConnectionLostError as exc:
+                outcome.append(f"lost: {exc}")
+                nursery.cancel_scope.cancel()
+
+        async def writer() -> None:
+            try:
+                await self._write_loop(stream, recv)
+            except ConnectionLostError as exc:
+                outcome.append(f"lost: {exc}")
+                nursery.cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                nursery.start_soon(reader)
+        except Exception:  # per-stream boundary: one bad stream must never stop the node
+            log.exception("stream handler for %s failed", peer)
+            await stream.reset()
+            return
+        if outcome:
+            log.info("stream from %s ended: %s", peer, outcome[0])
+            await stream.reset()
+        else:
+            await stream.close()
+
+    async def _read_loop(
+        self,
+        stream: Stream,
+        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        nursery: trio.Nursery,
+        peer: str,
+    ) -> None:
+        decoder = wire.FrameDecoder(self.config.max_frame)
+        # Every task on this stream gets its own clone of the send side, so the writer
+        # sees end-of-channel only once the reader and all its tasks are done.
+        while True:
+            data = await stream.read(self.config.read_chunk)
+            if not data:
+                return
+            try:
+                bodies = list(decoder.feed(data))
+            except FrameTooLargeError as exc:
+                self.stats.protocol_errors += 1
+                log.warning("peer %s: %s; resetting the stream", peer, exc)
+                await send.send(wire.encode_error(exc.code, str(exc)))
+                await trio.sleep(0.05)  # give the writer a moment to get the error out
+                raise ConnectionLostError(str(exc)) from exc
+            for body in bodies:
+                try:
+                    frame = wire.decode_frame(body, self.config.max_frame)
+                except ProtocolError as exc:
+                    self.stats.protocol_errors += 1
+                    log.warning("peer %s sent a bad frame: %s", peer, exc)
+                    await send.send(wire.encode_error(exc.code, str(exc)))
+                    continue
+                if frame.type == "T":
+                    for task in frame.tasks:
+                        self.stats.received += 1
+                        if self._queued >= self.config.max_queued:
+                            self.stats.rejected += 1
+                            await send.send(
+                                wire.ErrorRecord(task.task_id, RejectedError.code, "worker is over capacity; try another")
+                            )
+                            continue
+                        self._queued += 1
+                        nursery.start_soon(self._serve_task, task, stream.remote_peer, send.clone(), trio.current_time())
+                elif frame.type == "C":
+                    pass  # cancellation of queued work is best effort; results are dropped by the gamer
+                else:
+                    self.stats.protocol_errors += 1
+                    log.warning("peer %s sent a %r frame on a task stream", peer, frame.type)
+                    await send.send(wire.encode_error(ProtocolError.code, f"unexpected frame type {frame.type!r}"))
+
+    async def _serve_task(
+        self,
+        task: wire.TaskRecord,
+        gamer: bytes,
+        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        received_at: float,
+    ) -> None:
+        async with send:
+            try:
+                reply: wire.ResultRecord | wire.ErrorRecord = await self._compute(task, received_at)
+                self.stats.completed += 1
+            except P2C2RError as exc:
+                self.stats.failed += 1
+                reply = wire.ErrorRecord(task.task_id, exc.code, str(exc))
+            except Exception as exc:  # a kernel bug must become a typed error, not a dead stream
+                self.stats.failed += 1
+                log.exception("kernel %s failed", task.kind)
+                reply = wire.ErrorRecord(task.task_id, TaskFailedError.code, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._queued -= 1
+            try:
+                await send.send(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("result for %s dropped: stream closed", task.task_id.hex())
+
+    async def _compute(self, task: wire.TaskRecord, received_at: float) -> wire.ResultRecord:
+        kind = self.registry.get(task.kind)
+        params = kind.validate_params(task.params, len(task.data))
+        budget = task.budget_ms / 1000 if task.budget_ms else None
+        deadline = received_at + budget if budget is not None else float("inf")
+        if kind.inline:
+            in_digest, out_digest, output = _execute(kind, params, task.data, task.enc, self.config.max_frame)
+        else:
+            with trio.move_on_at(deadline) as scope:
+                async with self._limiter:
+                    t0 = trio.current_time()
+                    in_digest, out_digest, output = await self._offload(kind, task, params)
+                    self.stats.busy_s += trio.current_time() - t0
+            if scope.cancelled_caught:
+                raise TaskTimeoutError(f"deadline passed before {task.kind} ran; result would be late")
+        self.stats.per_kind[task.kind] = self.stats.per_kind.get(task.kind, 0) + 1
+        # Wall-clock time is an attestation in the receipt, not used for any timing logic.
+        ts_ms = int(time.time() * 1000)
+        d = receipt_digest(
+            task.task_id,
+            task.kind,
+            wire.params_digest(task.params),
+            in_digest,
+            out_digest,
+            self.identity.peer_id_bytes,
+            ts_ms,
+        )
+        sig = self.identity.sign(d)
+        payload, enc = wire.compress_payload(output)
+        if self.tamper is not None:
+            payload, sig = self.tamper(task, payload, sig)
+        return wire.ResultRecord(task.task_id, payload, enc, ts_ms, sig)
+
+    async def _offload(
+        self, kind: TaskKind, task: wire.TaskRecord, params: dict[str, Any]
+    ) -> tuple[bytes, bytes, bytes]:
+        if self._executor is None:
+            return await trio.to_thread.run_sync(
+                _execute, kind, params, task.data, task.enc, self.config.max_frame, abandon_on_cancel=True
+            )
+        fut = self._executor.submit(_execute_by_name, task.kind, params, task.data, task.enc, self.config.max_frame)
+        return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
+
+    async def _write_loop(
+        self, stream: Stream, recv: trio.MemoryReceiveChannel[wire.ResultRecord | wire.ErrorRecord | bytes]
+    ) -> None:
+        async with recv:
+            async for first in recv:
+                if isinstance(first, bytes):
+                    await write_chunked(stream, first)
+                    continue
+                batch: list[wire.ResultRecord | wire.ErrorRecord] = [first]
+                size = len(first.output) if isinstance(first, wire.ResultRecord) else 64
+                raw_frames: list[bytes] = []
+                while size < self.config.max_batch_bytes:
+                    try:
+                        nxt = recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if isinstance(nxt, bytes):
+                        raw_frames.append(nxt)
+                        continue
+                    batch.append(nxt)
+                    size += len(nxt.output) if isinstance(nxt, wire.ResultRecord) else 64
+                await write_chunked(stream, wire.encode_results(batch))
+                for f in raw_frames:
+                    await write_chunked(stream, f)
