@@ -77,9 +77,7 @@ def load_or_create(path: str | os.PathLike[str]) -> Identity:
     if p.exists():
         mode = stat.S_IMODE(p.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(
-                f"key file {p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
-            )
+            raise ConfigError(f"key file {p} is readable by other users (mode {mode:o}); run: chmod 600 {p}")
         try:
             lines = p.read_text().split()
         except OSError as exc:

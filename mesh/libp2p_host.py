@@ -8,8 +8,12 @@ it. Every workaround for a py-libp2p 0.8.1 bug lives here, each named:
   offers only plaintext fails negotiation.
 - **Fixed 250 ms on every connect** (happy-eyeballs wait unless the connection count
   reaches ``max_connections_per_peer``): ``max_connections_per_peer=1``.
-- **AutoConnector dials every peer it learns of**: we manage connections ourselves and
-  stop its background task before the swarm starts it.
+- **AutoConnector dials every peer it learns of** (and on every disconnect aims for the
+  midpoint of the watermarks): we manage connections ourselves, so its ``start`` is
+  replaced by a no-op, which leaves its periodic task and ``maybe_connect`` inert.
+- **Listeners set SO_REUSEPORT** (for hole punching), so a second node on a port in use
+  starts "fine" and the kernel splits incoming connections between the two. We probe
+  each fixed TCP port with a plain bind first and refuse with a clear error.
 - **Logging**: importing libp2p sets its logger to WARNING with propagation off, and the
   first connection installs a stderr handler on the root logger when the root has none.
   We turn propagation back on (our handlers decide what is shown) and make sure the root
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,11 +53,20 @@ from mesh.transport import StreamHandler
 log = logging.getLogger("p2c2r.mesh.host")
 
 
-def route_libp2p_logging(level: int = logging.ERROR) -> None:
-    """Send py-libp2p's records through the standard logging tree (see module docstring)."""
+def route_libp2p_logging(level: int | None = None) -> None:
+    """Send py-libp2p's records through the standard logging tree (see module docstring).
+
+    Without ``level``: py-libp2p's records are shown only when our own ``p2c2r`` logger is
+    at DEBUG. Its ERROR records are about failures we translate into typed errors with
+    an actionable message (a failed dial becomes ``UnavailableError``), so showing both
+    would print every problem twice, the less useful way first.
+    """
     lib = logging.getLogger("libp2p")
     lib.handlers.clear()
     lib.propagate = True
+    if level is None:
+        ours = logging.getLogger("p2c2r").getEffectiveLevel()
+        level = logging.DEBUG if ours <= logging.DEBUG else logging.CRITICAL
     lib.setLevel(level)
     root = logging.getLogger()
     if not root.handlers:
@@ -74,7 +88,7 @@ class HostConfig:
     dial_timeout_s: float = 5.0
     stream_open_timeout_s: float = 5.0
     max_connections: int = 512
-    libp2p_log_level: int = logging.ERROR
+    libp2p_log_level: int | None = None
 
 
 class Libp2pStream:
@@ -96,16 +110,22 @@ class Libp2pStream:
         except StreamEOF:
             return b""
         except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLostError(f"stream from {ID(self._peer)} lost: {exc or type(exc).__name__}") from exc
+            raise ConnectionLostError(
+                f"stream from {ID(self._peer)} lost: {exc or type(exc).__name__}"
+            ) from exc
         return data
 
     async def write(self, data: bytes) -> None:
         try:
             await self._s.write(data)
         except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLostError(f"stream to {ID(self._peer)} lost: {exc or type(exc).__name__}") from exc
+            raise ConnectionLostError(
+                f"stream to {ID(self._peer)} lost: {exc or type(exc).__name__}"
+            ) from exc
         except Exception as exc:  # yamux raises bare MuxedStreamError/RuntimeError variants on reset
-            raise ConnectionLostError(f"stream to {ID(self._peer)} failed: {type(exc).__name__}: {exc}") from exc
+            raise ConnectionLostError(
+                f"stream to {ID(self._peer)} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         try:
@@ -156,7 +176,9 @@ class Libp2pHost:
         try:
             info = info_from_p2p_addr(maddr)
         except Exception as exc:
-            raise ConfigError(f"{addr!r} has no /p2p/<peer id> part; copy the full address the node printed") from exc
+            raise ConfigError(
+                f"{addr!r} has no /p2p/<peer id> part; copy the full address the node printed"
+            ) from exc
         try:
             with trio.fail_after(self._config.dial_timeout_s):
                 await self._host.connect(info)
@@ -176,7 +198,9 @@ class Libp2pHost:
         except trio.TooSlowError as exc:
             raise UnavailableError(f"peer {ID(peer)} did not open a {protocol} stream in time") from exc
         except Exception as exc:
-            raise UnavailableError(f"cannot open {protocol} stream to {ID(peer)}: {type(exc).__name__}: {exc}") from exc
+            raise UnavailableError(
+                f"cannot open {protocol} stream to {ID(peer)}: {type(exc).__name__}: {exc}"
+            ) from exc
         return Libp2pStream(s)
 
     async def disconnect(self, peer: bytes) -> None:
@@ -206,6 +230,34 @@ def _port_in_use(exc: BaseException) -> bool:
     return False
 
 
+def _check_ports_free(listen: list[multiaddr.Multiaddr]) -> None:
+    for maddr in listen:
+        try:
+            port = int(maddr.value_for_protocol("tcp"))
+        except Exception:
+            continue
+        if port == 0:
+            continue
+        family, ip = socket.AF_INET, "0.0.0.0"
+        try:
+            ip = maddr.value_for_protocol("ip4")
+        except Exception:
+            try:
+                family, ip = socket.AF_INET6, maddr.value_for_protocol("ip6")
+            except Exception:
+                continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((ip, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {maddr}: port {port} is already in use (another node?); "
+                        "pick another port, e.g. --listen /ip4/127.0.0.1/tcp/0 for any free one"
+                    ) from exc
+                raise ConfigError(f"cannot listen on {maddr}: {exc.strerror}") from exc
+
+
 @asynccontextmanager
 async def open_host(identity: Identity, config: HostConfig = HostConfig()) -> AsyncIterator[Libp2pHost]:
     """Run a py-libp2p host (TCP, Noise, yamux) listening on ``config.listen``."""
@@ -229,10 +281,11 @@ async def open_host(identity: Identity, config: HostConfig = HostConfig()) -> As
     auto = getattr(network, "auto_connector", None)
     if auto is not None:
 
-        async def _no_auto_dial(nursery: trio.Nursery) -> None:
+        async def _never_start() -> None:
             return None
 
-        auto.run_background_task = _no_auto_dial
+        auto.start = _never_start
+    _check_ports_free(listen)
     try:
         async with host.run(listen_addrs=listen):
             yield Libp2pHost(host, identity, config)

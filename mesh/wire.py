@@ -284,7 +284,9 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
         raise ProtocolError("frame body must be [version, type, items]")
     version, ftype, items = obj
     if version != VERSION or isinstance(version, bool):
-        raise UnsupportedVersionError(f"protocol version {version!r} is not supported (this node speaks {VERSION})")
+        raise UnsupportedVersionError(
+            f"protocol version {version!r} is not supported (this node speaks {VERSION})"
+        )
     if not isinstance(items, list):
         raise ProtocolError("frame items must be a list")
     if ftype == "T":
@@ -298,6 +300,9 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
             raise ProtocolError("error frame must be [code, message]")
         return Frame(
             "E",
-            error=(_check_str(items[0], "error code", 64), _check_str(items[1], "error message", MAX_MESSAGE_LEN)),
+            error=(
+                _check_str(items[0], "error code", 64),
+                _check_str(items[1], "error message", MAX_MESSAGE_LEN),
+            ),
         )
     raise ProtocolError(f"unknown frame type {ftype!r}")

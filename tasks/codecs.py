@@ -289,3 +289,40 @@ def psnr(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(255.0 * 255.0 / mse)
+
+
+# --------------------------------------------------------------------------- msgpack
+
+
+def decode_msgpack_map(
+    data: bytes, *, max_bytes: int = MAX_ARRAY_BYTES, what: str = "input"
+) -> dict[str, Any]:
+    """Decode a msgpack map with string keys from a stranger; ``ValidationError`` otherwise."""
+    import msgpack
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"{what} must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise LimitExceededError(f"{what} of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            max_str_len=1 << 16,
+            max_bin_len=max_bytes,
+            max_array_len=1 << 20,
+            max_map_len=1 << 10,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, TypeError, ... on garbage
+        raise ValidationError(f"{what} is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValidationError(f"{what} must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def encode_msgpack(obj: Any) -> bytes:
+    import msgpack
+
+    return bytes(msgpack.packb(obj, use_bin_type=True))

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from mesh.errors import LimitExceededError, ValidationError
 from tasks.codecs import IMAGE_CODECS, decode_image, encode_image, image_size, psnr, sniff_image_codec
 from tasks.kernels._common import check_backend, sample_photo, torch_device, torch_module
-from tasks.registry import ParamSpec, Params, TaskKind
+from tasks.registry import Params, ParamSpec, TaskKind
 
 MAX_OUT_W = 3840
 MAX_OUT_H = 3840
@@ -123,7 +123,7 @@ def _resize_np(img: Frame, oh: int, ow: int, kind: str) -> Frame:
     o = t[iy[:, 0]] * wy[:, 0, None, None]
     for k in range(1, iy.shape[1]):
         o += t[iy[:, k]] * wy[:, k, None, None]
-    return np.clip(np.rint(o), 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(np.rint(o), 0, 255), dtype=np.uint8)
 
 
 def upscale_numpy(img: Frame, oh: int, ow: int, mode: str) -> Frame:
@@ -158,7 +158,8 @@ def upscale_torch(img: Frame, oh: int, ow: int, mode: str, device: str | None = 
     f = torch.nn.functional
     dev = device or torch_device()
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(img)).to(dev)
+        src = img if img.flags.writeable and img.flags.c_contiguous else np.array(img, order="C")
+        x = torch.from_numpy(src).to(dev)
         if mode == "quality":
             x = _sharpen_torch(x.float()).round_().clamp_(0, 255).to(torch.uint8)
         nchw = x.permute(2, 0, 1)[None]
@@ -193,7 +194,9 @@ def upscale_frame(img: Frame, scale: float, mode: str, backend: str = DEFAULT_BA
 def _decode_input(params: Params, data: bytes) -> Frame:
     codec = sniff_image_codec(data)
     if params["input_codec"] != "auto" and codec != params["input_codec"]:
-        raise ValidationError(f"upscale: input is {codec}, parameter input_codec says {params['input_codec']}")
+        raise ValidationError(
+            f"upscale: input is {codec}, parameter input_codec says {params['input_codec']}"
+        )
     h, w = image_size(data)
     _check_sizes(h, w, params["scale"])
     return decode_image(data, max_pixels=MAX_OUT_PIXELS, max_side=MAX_OUT_W)
@@ -216,7 +219,7 @@ def _cost(params: Params, data_len: int) -> float:
     in_px = max(1.0, data_len / 0.3)
     out_mp = min(in_px * params["scale"] ** 2, MAX_OUT_PIXELS) / 1e6
     per_mp = 14.0 if params["mode"] == "fast" else 22.0
-    return 1.0 + per_mp * out_mp
+    return float(1.0 + per_mp * out_mp)
 
 
 def _equivalent(params: Params, a: bytes, b: bytes) -> bool:

@@ -1,0 +1,308 @@
+"""The ``p2c2r`` command line: the only place that reads flags, files and the environment.
+
+    p2c2r id [--key-file F]
+    p2c2r node run [--listen MULTIADDR] [--key-file F] [--peer MULTIADDR ...] [--config node.toml]
+    p2c2r submit KIND [--peer MULTIADDR] [--param k=v ...] [--input FILE] [--output FILE]
+    p2c2r demo [--workers N] [--tasks M] [--json PATH]
+    p2c2r kinds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.errors import ConfigError, P2C2RError
+
+log = logging.getLogger("p2c2r.cli")
+
+ENV_PEER = "P2C2R_PEER"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("P2C2R_HOME", "~/.p2c2r")).expanduser()
+
+
+def _setup_logging(level: str) -> None:
+    from rich.logging import RichHandler
+
+    lvl = getattr(logging, level.upper(), None)
+    if not isinstance(lvl, int):
+        raise ConfigError(f"unknown log level {level!r} (use debug, info, warning or error)")
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=lvl, format="%(message)s", handlers=[handler], force=True)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--param {text!r}: expected KEY=VALUE, e.g. --param scale=2")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+# ---------------------------------------------------------------- id
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from mesh.identity import load_or_create
+
+    ident = load_or_create(args.key_file or _home() / "node.key")
+    print(ident.peer_id.to_base58())
+    return 0
+
+
+# ---------------------------------------------------------------- node run
+
+
+def _load_toml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _node_config(args: argparse.Namespace) -> Any:
+    from mesh.libp2p_host import HostConfig
+    from nodes.node import NodeConfig
+    from nodes.worker import WorkerConfig
+
+    conf = _load_toml(args.config)
+    node_t = conf.get("node", {})
+    worker_t = conf.get("worker", {})
+    known_node = {"listen", "key_file", "peers"}
+    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib"}
+    for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
+        extra = sorted(set(table) - known)
+        if extra:
+            raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(extra)} (known: {', '.join(sorted(known))})")
+    listen = args.listen or node_t.get("listen") or ["/ip4/0.0.0.0/tcp/4001"]
+    if isinstance(listen, str):
+        listen = [listen]
+    key_file = Path(args.key_file or node_t.get("key_file") or _home() / "node.key").expanduser()
+    peers = tuple(args.peer or node_t.get("peers", []))
+    wc = WorkerConfig()
+    if "concurrency" in worker_t or args.concurrency:
+        wc = replace(wc, concurrency=int(args.concurrency or worker_t["concurrency"]))
+    executor = args.executor or worker_t.get("executor")
+    if executor:
+        if executor not in ("thread", "process"):
+            raise ConfigError(f"executor must be 'thread' or 'process', got {executor!r}")
+        wc = replace(wc, executor=executor)
+    if "max_queued" in worker_t:
+        wc = replace(wc, max_queued=int(worker_t["max_queued"]))
+    max_frame_mib = args.max_frame_mib or worker_t.get("max_frame_mib")
+    if max_frame_mib:
+        wc = replace(wc, max_frame=int(float(max_frame_mib) * 1024 * 1024))
+    return NodeConfig(key_file=key_file, host=HostConfig(listen=tuple(listen)), worker=wc, peers=peers)
+
+
+async def _run_node(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from nodes.node import open_node
+
+    config = _node_config(args)
+    console = Console(stderr=False, highlight=False)
+    async with open_node(config) as node:
+        addrs = node.dialable_addrs()
+        w = config.worker
+        console.print(f"[bold]p2c2r node[/bold] {node.peer_id}")
+        console.print(f"  key file     {config.key_file}")
+        console.print(f"  kinds        {', '.join(node.registry.names())}")
+        console.print(f"  executor     {w.executor} x {w.concurrency}, max frame {w.max_frame // (1024 * 1024)} MiB")
+        console.print(f"  security     Noise (plaintext refused), yamux, protocol /p2c2r/task/1.0.0")
+        for a in addrs:
+            print(f"listening on {a}", flush=True)
+        state = _home()
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            (state / "last-node.addr").write_text(addrs[0] + "\n")
+        except OSError:
+            pass  # the address file is a convenience for `p2c2r submit`, never required
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                console.print(f"stopping ({signal.Signals(sig).name}) ...")
+                break
+        s = node.worker.stats
+        console.print(f"stopped: {s.completed} tasks served, {s.failed} failed, {s.protocol_errors} protocol errors")
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    trio.run(_run_node, args)
+    return 0
+
+
+# ---------------------------------------------------------------- submit
+
+
+def _default_peer() -> str | None:
+    if os.environ.get(ENV_PEER):
+        return os.environ[ENV_PEER]
+    f = _home() / "last-node.addr"
+    if f.exists():
+        return f.read_text().strip() or None
+    return None
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from nodes.gamer import GamerClient
+
+    peer = args.peer or _default_peer()
+    if not peer:
+        raise ConfigError(f"no peer to send to: pass --peer MULTIADDR (printed by `p2c2r node run`) or set {ENV_PEER}")
+    params = dict(_parse_param(p) for p in args.param or [])
+    data = b""
+    if args.input:
+        try:
+            data = Path(args.input).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --input {args.input}: {exc.strerror}") from exc
+    if args.kind == "upscale" and args.input and "codec" not in params:
+        ext = Path(args.input).suffix.lower().lstrip(".")
+        params["codec"] = {"jpg": "jpeg"}.get(ext, ext)
+    async with GamerClient.connect([peer]) as gamer:
+        t0 = trio.current_time()
+        handle = await gamer.submit(args.kind, data, params, deadline=args.deadline)
+        out = await handle.result()
+        ms = (trio.current_time() - t0) * 1000
+    worker = handle.worker.hex() if handle.worker else "?"
+    from mesh.identity import peer_id_to_str
+
+    if handle.worker:
+        worker = peer_id_to_str(handle.worker)
+    if args.output:
+        Path(args.output).write_bytes(out)
+        print(f"verified result from {worker} in {ms:.1f} ms: {len(out)} bytes written to {args.output}")
+    else:
+        try:
+            text = out.decode("utf-8")
+            shown = text if len(text) <= 2000 else text[:2000] + "..."
+        except UnicodeDecodeError:
+            shown = f"<{len(out)} bytes of binary output; use --output FILE>"
+        print(f"verified result from {worker} in {ms:.1f} ms:")
+        print(shown)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    return trio.run(_submit, args)
+
+
+# ---------------------------------------------------------------- kinds / demo
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.registry import default_registry
+
+    table = Table(title="task kinds")
+    for col in ("kind", "parameters", "verification", "description"):
+        table.add_column(col)
+    for kind in default_registry().kinds():
+        ps = ", ".join(
+            f"{n}={s.default!r}" if not s.required else f"{n} (required)" for n, s in kind.params.items()
+        )
+        table.add_row(kind.name, ps, kind.tolerance, kind.description)
+    Console().print(table)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nodes.demo import run_demo
+
+    return run_demo(workers=args.workers, tasks=args.tasks, json_path=args.json, seed=args.seed)
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2c2r", description="P2C2R: a peer-to-peer compute mesh for games")
+    p.add_argument("--log-level", default=os.environ.get("P2C2R_LOG", "warning"), help="debug, info, warning, error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("id", help="print this node's peer id (creates the key on first use)")
+    s.add_argument("--key-file", help="Ed25519 key file (default ~/.p2c2r/node.key)")
+    s.set_defaults(func=cmd_id)
+
+    node = sub.add_parser("node", help="run a mesh node").add_subparsers(dest="node_command", required=True)
+    s = node.add_parser("run", help="run a node that serves tasks")
+    s.add_argument("--listen", action="append", help="multiaddr to listen on (default /ip4/0.0.0.0/tcp/4001)")
+    s.add_argument("--key-file", help="Ed25519 key file (default ~/.p2c2r/node.key, created mode 0600)")
+    s.add_argument("--peer", action="append", help="peer multiaddr to connect to at start (repeatable)")
+    s.add_argument("--config", help="TOML config file ([node], [worker]); flags override it")
+    s.add_argument("--concurrency", type=int, help="kernels run at once (default: one per core)")
+    s.add_argument("--executor", choices=["thread", "process"], help="where kernels run (default thread)")
+    s.add_argument("--max-frame-mib", type=float, help="largest frame accepted, MiB (default 64)")
+    s.set_defaults(func=cmd_node_run)
+
+    s = sub.add_parser("submit", help="run one task on a node and print the verified result")
+    s.add_argument("kind", help="task kind (see `p2c2r kinds`)")
+    s.add_argument("--peer", help=f"worker multiaddr (default ${ENV_PEER} or the last node started here)")
+    s.add_argument("--param", action="append", help="KEY=VALUE (JSON values), repeatable")
+    s.add_argument("--input", help="file whose bytes are the task input")
+    s.add_argument("--output", help="write the output bytes here")
+    s.add_argument("--deadline", type=float, default=30.0, help="seconds to wait (default 30)")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("kinds", help="list the built-in task kinds and their parameters")
+    s.set_defaults(func=cmd_kinds)
+
+    s = sub.add_parser("demo", help="start a local mesh on loopback and run a mixed workload")
+    s.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    s.add_argument("--tasks", type=int, default=200, help="tasks to run (default 200)")
+    s.add_argument("--json", help="write the summary figures as JSON here")
+    s.add_argument("--seed", type=int, default=1, help="seed for the workload mix")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _setup_logging(args.log_level)
+        rc: int = args.func(args)
+        return rc
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        inner = _unwrap(exc)
+        if isinstance(inner, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return 130
+        if isinstance(inner, P2C2RError):
+            print(f"error: {inner}", file=sys.stderr)
+            return 2 if isinstance(inner, ConfigError) else 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

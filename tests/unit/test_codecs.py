@@ -1,0 +1,166 @@
+"""Codec round trips, limits, and fuzzing: every decoder raises only ``ValidationError``."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.errors import LimitExceededError, ValidationError
+from tasks.codecs import (
+    ARRAY_CODECS,
+    ARRAY_DTYPES,
+    IMAGE_CODECS,
+    decode_array,
+    decode_image,
+    encode_array,
+    encode_image,
+    image_size,
+    psnr,
+    sniff_image_codec,
+)
+from tasks.kernels._common import sample_photo
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return sample_photo(np.random.default_rng(0), 96, 64)
+
+
+@pytest.mark.parametrize("codec", ARRAY_CODECS)
+@pytest.mark.parametrize("dtype", [d.str for d in ARRAY_DTYPES])
+def test_array_round_trip(codec: str, dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    arr = (rng.integers(0, 2, (3, 4, 5)) if dtype == "|b1" else rng.integers(0, 100, (3, 4, 5))).astype(dtype)
+    out = decode_array(encode_array(arr, codec))
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    assert np.array_equal(out, arr)
+
+
+def test_array_empty_and_1d() -> None:
+    for arr in (np.zeros(0, np.float32), np.arange(7, dtype=np.int64)):
+        for codec in ARRAY_CODECS:
+            assert np.array_equal(decode_array(encode_array(arr, codec)), arr)
+
+
+def test_array_rejects_bad_dtype_and_rank() -> None:
+    with pytest.raises(ValidationError):
+        encode_array(np.zeros(3, np.complex64))
+    with pytest.raises(ValidationError):
+        encode_array(np.zeros((1, 1, 1, 1, 1), np.uint8))
+    with pytest.raises(ValidationError):
+        encode_array(np.zeros(3), "lz4")
+
+
+def test_array_limits_checked_before_allocating() -> None:
+    head = struct.pack("<4sBBBB", b"P2CA", 1, 0, 0, 2) + struct.pack("<2I", 2**31, 2**31)
+    with pytest.raises(LimitExceededError):
+        decode_array(head)
+    with pytest.raises(LimitExceededError):
+        decode_array(encode_array(np.zeros(100, np.uint8)), max_elements=10)
+
+
+def test_zstd_bomb_is_refused() -> None:
+    # A 1 GiB frame of zeros compresses to a few KiB; its header claims 16 bytes.
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 * 1024 * 1024))
+    head = struct.pack("<4sBBBB", b"P2CA", 1, 1, 0, 1) + struct.pack("<I", 16)
+    with pytest.raises(ValidationError, match="declares"):
+        decode_array(head + bomb)
+    # The same without a content size in the frame header: bounded by max_output_size.
+    bomb2 = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (1024 * 1024))
+    with pytest.raises(ValidationError):
+        decode_array(head + bomb2)
+
+
+def test_raw_payload_length_must_match() -> None:
+    data = encode_array(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValidationError):
+        decode_array(data[:-1])
+    with pytest.raises(ValidationError):
+        decode_array(data + b"x")
+
+
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
+def test_image_round_trip(codec: str, photo: np.ndarray) -> None:
+    data = encode_image(photo, codec, quality=95)
+    assert sniff_image_codec(data) == codec
+    assert image_size(data) == photo.shape[:2]
+    out = decode_image(data)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    if codec in ("png", "raw"):
+        assert np.array_equal(out, photo)
+    else:
+        assert psnr(out, photo) > 30
+
+
+def test_image_limits(photo: np.ndarray) -> None:
+    data = encode_image(photo, "png")
+    with pytest.raises(LimitExceededError):
+        decode_image(data, max_pixels=100)
+    with pytest.raises(ValidationError):
+        decode_image(data, expect_codec="jpeg")
+    with pytest.raises(ValidationError):
+        encode_image(photo.astype(np.float32), "png")
+    with pytest.raises(ValidationError):
+        encode_image(photo, "gif")
+
+
+def test_png_with_alpha_is_converted(photo: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]), "RGBA").save(buf, "PNG")
+    assert np.array_equal(decode_image(buf.getvalue()), photo)
+
+
+def test_psnr() -> None:
+    a = np.zeros((2, 2, 3), np.uint8)
+    assert psnr(a, a) == float("inf")
+    assert 48 < psnr(a, a + 1) < 49
+
+
+_PREFIXES = [b"", b"P2CA\x01\x00\x00\x01", b"P2CA\x01\x01\x07\x02", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_PREFIXES), st.binary(max_size=200))
+def test_decoders_raise_only_validation_error(prefix: bytes, tail: bytes) -> None:
+    data = prefix + tail
+    for decode in (decode_array, decode_image, image_size):
+        try:
+            decode(data)
+        except ValidationError:
+            pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(IMAGE_CODECS), st.integers(0, 2000), st.binary(min_size=1, max_size=8))
+def test_corrupted_images_raise_only_validation_error(codec: str, where: int, junk: bytes) -> None:
+    photo = sample_photo(np.random.default_rng(2), 32, 24)
+    data = bytearray(encode_image(photo, codec, quality=80))
+    pos = where % len(data)
+    data[pos : pos + len(junk)] = junk
+    for cut in (len(data), len(data) // 2):
+        try:
+            out = decode_image(bytes(data[:cut]))
+            assert out.dtype == np.uint8 and out.ndim == 3
+        except ValidationError:
+            pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(ARRAY_CODECS), st.integers(0, 200), st.binary(min_size=1, max_size=8))
+def test_corrupted_arrays_raise_only_validation_error(codec: str, where: int, junk: bytes) -> None:
+    data = bytearray(encode_array(np.arange(60, dtype=np.float64).reshape(3, 4, 5), codec))
+    pos = where % len(data)
+    data[pos : pos + len(junk)] = junk
+    try:
+        decode_array(bytes(data))
+    except ValidationError:
+        pass
