@@ -131,6 +131,11 @@ def compress_payload(data: bytes, min_size: int = ZSTD_MIN_SIZE) -> tuple[bytes,
     """zstd-compress ``data`` when it is large, not an already-compressed image, and shrinks."""
     if len(data) < min_size or data[:4].startswith(_IMAGE_MAGIC):
         return data, ENC_RAW
+    # Probe a 16 KiB sample first: high-entropy payloads (noise, encrypted or already
+    # compressed data) would cost a full compression pass for nothing.
+    probe = zstandard.ZstdCompressor(level=1).compress(data[:16384])
+    if len(probe) > 16384 * 0.9:
+        return data, ENC_RAW
     packed = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
     if len(packed) > len(data) * 0.9:
         return data, ENC_RAW

@@ -71,6 +71,8 @@ class GamerConfig:
     #: Tasks queued for sending per worker before ``submit`` waits (back-pressure).
     send_queue: int = 8192
     max_batch_bytes: int = 4 * 1024 * 1024
+    #: Most tasks packed into one frame; 1 turns batching off (pipelining only).
+    max_batch_tasks: int = 1024
     #: Times one task is sent in total (first try + resubmissions after failures).
     max_attempts: int = 3
     #: Outputs larger than this are hashed off the trio thread.
@@ -449,7 +451,7 @@ class GamerClient:
                 elif item.task_id in self._pending:  # skip tasks cancelled or expired while queued
                     batch.append(item)
                     size += len(item.data)
-                if size >= self.config.max_batch_bytes:
+                if size >= self.config.max_batch_bytes or len(batch) >= self.config.max_batch_tasks:
                     break
                 try:
                     item = link.recv.receive_nowait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.registry import ParamSpec, Params, TaskKind
+from tasks.registry import Params, ParamSpec, TaskKind
 
 
 def _execute(params: Params, data: bytes) -> bytes:
@@ -23,7 +23,11 @@ def _example(rng: np.random.Generator, size: str) -> tuple[Params, bytes]:
 ECHO = TaskKind(
     name="echo",
     description="returns the input bytes unchanged (benchmarks, health checks)",
-    params={"tag": ParamSpec(str, default="", doc="free text echoed in nothing; lets callers vary the content key")},
+    params={
+        "tag": ParamSpec(
+            str, default="", doc="free text echoed in nothing; lets callers vary the content key"
+        )
+    },
     execute=_execute,
     cost=_cost,
     self_check=lambda params, data, output: data == output,
