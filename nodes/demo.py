@@ -59,7 +59,9 @@ class WorkerProcess:
     lines: list[str] = field(default_factory=list)
 
 
-async def start_worker(key_file: Path, home: Path, concurrency: int) -> WorkerProcess:
+async def start_worker(
+    key_file: Path, home: Path, concurrency: int, extra: list[str] | None = None
+) -> WorkerProcess:
     """Start ``p2c2r node run`` on a free loopback port and wait for its address."""
     cmd = [
         sys.executable,
@@ -73,6 +75,7 @@ async def start_worker(key_file: Path, home: Path, concurrency: int) -> WorkerPr
         str(key_file),
         "--concurrency",
         str(concurrency),
+        *(extra or []),
     ]
     env = dict(os.environ, P2C2R_HOME=str(home), PYTHONUNBUFFERED="1")
     proc = await trio.lowlevel.open_process(

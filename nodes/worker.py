@@ -61,6 +61,9 @@ class WorkerConfig:
     #: Largest frame of results the writer packs before writing.
     max_batch_bytes: int = 4 * 1024 * 1024
     read_chunk: int = 256 * 1024
+    #: Run each kernel once on a small example at start (in the background), so the first
+    #: real task does not pay for imports and model loading (torch: ~1.5 s).
+    warmup: bool = False
 
 
 @dataclass
@@ -110,6 +113,10 @@ class Worker:
         self._queued = 0
         self._executor: Executor | None = None
         self._nursery: trio.Nursery | None = None
+        #: Set when warm-up has finished (immediately when warm-up is off).
+        self.warm = trio.Event()
+        if not config.warmup:
+            self.warm.set()
         #: Test hook: a function that may rewrite (output, signature) before sending.
         self.tamper: Callable[[wire.TaskRecord, bytes, bytes], tuple[bytes, bytes]] | None = None
 
@@ -124,11 +131,29 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.host.set_stream_handler(wire.PROTOCOL_ID, self.handle_stream)
+                if self.config.warmup:
+                    nursery.start_soon(self._warm_up)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _warm_up(self) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        for kind in self.registry.kinds():
+            if kind.inline or kind.example is None:
+                continue
+            try:
+                params, data = kind.example(rng, "small")
+                norm = kind.validate_params(params, len(data))
+                async with self._limiter:
+                    await trio.to_thread.run_sync(kind.execute, norm, data, abandon_on_cancel=True)
+            except Exception:  # warm-up is an optimisation; a failure here must not stop serving
+                log.exception("warm-up of %s failed", kind.name)
+        self.warm.set()
 
     async def handle_stream(self, stream: Stream) -> None:
         peer = peer_id_to_str(stream.remote_peer)

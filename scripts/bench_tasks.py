@@ -9,7 +9,9 @@ yamux), and measures from a gamer in this process:
 - ``sequential``: one ``echo`` task at a time to one worker, round-trip p50/p99;
 - ``pipelined``: many tasks in flight to two workers, one task per frame;
 - ``batched``: the same with tasks packed into frames (the default);
-- ``mib``: 1 MiB in and 1 MiB out per task (incompressible), MB/s.
+- ``mib``: 1 MiB in and 1 MiB out per task (incompressible), MB/s;
+- ``executor``: real kernels (720p->1440p upscale, physics, flocking) on one worker
+  started with ``--executor thread`` and then ``--executor process`` (2 kernels at once).
 
 Every result is verified (signature and binding) by the SDK, as in production.
 """
@@ -113,6 +115,38 @@ async def mib(addr: str, n: int) -> dict[str, Any]:
     }
 
 
+async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
+    from tasks.registry import default_registry
+
+    reg = default_registry()
+    rng = np.random.default_rng(7)
+    work = {
+        "upscale": reg.get("upscale").example(rng, "large"),  # type: ignore[misc]
+        "physics_step": reg.get("physics_step").example(rng, "medium"),  # type: ignore[misc]
+        "flocking": reg.get("flocking").example(rng, "medium"),  # type: ignore[misc]
+    }
+    n = 12 if quick else 40
+    out: dict[str, Any] = {}
+    for executor in ("thread", "process"):
+        proc = await start_worker(tmp / f"x-{executor}.key", tmp, 2, extra=["--executor", executor])
+        try:
+            async with trio.open_nursery() as drains:
+                drains.start_soon(_drain, proc.proc)
+                async with GamerClient.connect([proc.addr]) as g:
+                    res: dict[str, Any] = {}
+                    for kind, (params, data) in work.items():
+                        await g.map(kind, [data] * 2, params, deadline=120)  # warm up (imports, models)
+                        t = time.perf_counter()
+                        await g.map(kind, [data] * n, params, deadline=300)
+                        res[kind] = round(n / (time.perf_counter() - t), 2)
+                    out[executor] = res
+                drains.cancel_scope.cancel()
+        finally:
+            await stop_workers([proc])
+        print("executor", executor, out[executor], "tasks/s", flush=True)
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     procs: list[WorkerProcess] = []
@@ -139,6 +173,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 drains.cancel_scope.cancel()
         finally:
             await stop_workers(procs)
+        if not args.skip_kernels:
+            res["executor"] = await executor_compare(Path(tmp), quick)
     return res
 
 
@@ -146,6 +182,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--quick", action="store_true", help="a reduced run")
+    ap.add_argument("--skip-kernels", action="store_true", help="skip the thread/process executor comparison")
     a = ap.parse_args()
     out = trio.run(main, a)
     if a.json:

@@ -1,0 +1,244 @@
+"""Sans-IO helpers of the gamer SDK: result cache, adaptive timeouts, hedging budget, adaptive quality.
+
+Each is a small deterministic object that takes ``now`` (trio time) as an input, so the SDK
+drives it and tests run it without a network or a clock.
+
+- ``ResultCache``: bounded, content-addressed (kind, parameters digest, input digest). Only
+  deterministic kinds are cached. An entry keeps the original worker's signed receipt, so a
+  cached answer can be re-verified by anyone, exactly like a fresh one.
+- ``AdaptiveTimeouts``: per-kind latency estimates in the style of TCP's RTO (Jacobson /
+  Karels): ``srtt + k * rttvar``, clamped; used as the deadline when the caller gives none
+  and as the hedging delay.
+- ``HedgeBudget``: a token bucket that caps hedged (duplicate) requests at a fraction of
+  submitted tasks, so hedging cannot multiply load when the whole mesh is slow.
+- ``QualityController``: picks the upscale mode and output scale that keep a target frame
+  rate from observed latencies, with hysteresis so it does not flap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------- result cache
+
+
+def content_key(kind: str, params_digest: bytes, input_digest: bytes) -> bytes:
+    h = hashlib.sha256(b"p2c2r/content/v1\x00")
+    h.update(kind.encode() + b"\x00")
+    h.update(params_digest)
+    h.update(input_digest)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResult:
+    output: bytes
+    worker: bytes
+    task_id: bytes
+    ts_ms: int
+    signature: bytes
+
+
+class ResultCache:
+    """LRU cache bounded by entry count and total bytes."""
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, CachedResult] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: bytes) -> CachedResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: bytes, entry: CachedResult) -> None:
+        size = len(entry.output)
+        if size > self.max_bytes or self.max_entries <= 0:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.output)
+        self._entries[key] = entry
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted.output)
+
+
+# ---------------------------------------------------------------- adaptive timeouts
+
+
+@dataclass
+class _Estimate:
+    srtt: float
+    rttvar: float
+    samples: int = 1
+
+
+@dataclass(frozen=True)
+class TimeoutConfig:
+    initial_s: float = 10.0
+    minimum_s: float = 0.005
+    maximum_s: float = 120.0
+    #: Deadline = srtt + k * rttvar (TCP uses 4).
+    k: float = 4.0
+    #: Hedge after srtt + hedge_k * rttvar (about the 90th-95th percentile).
+    hedge_k: float = 2.0
+    alpha: float = 0.125
+    beta: float = 0.25
+
+
+class AdaptiveTimeouts:
+    """Per-kind latency estimates learned from observed completions."""
+
+    def __init__(self, config: TimeoutConfig = TimeoutConfig()) -> None:
+        self.config = config
+        self._est: dict[str, _Estimate] = {}
+
+    def observe(self, kind: str, latency_s: float) -> None:
+        if not latency_s >= 0:
+            return
+        e = self._est.get(kind)
+        if e is None:
+            self._est[kind] = _Estimate(latency_s, latency_s / 2)
+            return
+        c = self.config
+        e.rttvar = (1 - c.beta) * e.rttvar + c.beta * abs(e.srtt - latency_s)
+        e.srtt = (1 - c.alpha) * e.srtt + c.alpha * latency_s
+        e.samples += 1
+
+    def _clamp(self, v: float) -> float:
+        return min(self.config.maximum_s, max(self.config.minimum_s, v))
+
+    def deadline(self, kind: str) -> float:
+        e = self._est.get(kind)
+        if e is None:
+            return self.config.initial_s
+        return self._clamp(e.srtt + self.config.k * e.rttvar)
+
+    def hedge_delay(self, kind: str) -> float | None:
+        """Seconds to wait before hedging, or None when there is no estimate yet."""
+        e = self._est.get(kind)
+        if e is None or e.samples < 8:
+            return None
+        return self._clamp(e.srtt + self.config.hedge_k * e.rttvar)
+
+    def estimate(self, kind: str) -> tuple[float, float] | None:
+        e = self._est.get(kind)
+        return (e.srtt, e.rttvar) if e else None
+
+
+class HedgeBudget:
+    """Allows at most ``fraction`` hedges per submitted task (plus a small burst)."""
+
+    def __init__(self, fraction: float = 0.05, burst: float = 5.0) -> None:
+        self.fraction = fraction
+        self.burst = burst
+        self.tokens = burst
+        self.spent = 0
+
+    def on_submit(self) -> None:
+        self.tokens = min(self.burst, self.tokens + self.fraction)
+
+    def try_spend(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.spent += 1
+            return True
+        return False
+
+
+# ---------------------------------------------------------------- adaptive quality
+
+
+@dataclass(frozen=True)
+class QualityLevel:
+    mode: str
+    scale: float
+
+
+#: Best first. Each level costs less than the one before it.
+DEFAULT_LEVELS: tuple[QualityLevel, ...] = (
+    QualityLevel("quality", 2.0),
+    QualityLevel("fast", 2.0),
+    QualityLevel("quality", 1.5),
+    QualityLevel("fast", 1.5),
+)
+
+
+@dataclass
+class QualityController:
+    """Keeps frames within budget: step down fast when late, step up slowly when there is room.
+
+    ``budget_s`` is the latency a frame may take (for pipelined frames this is the
+    per-frame budget times the frames in flight). The controller tracks an EWMA of
+    observed latencies per level: it steps down one level as soon as the smoothed latency
+    exceeds ``down_at`` of the budget, and steps up only after ``up_after`` consecutive
+    frames at the current level below ``up_at`` of the budget *and* when the better
+    level's own last estimate (if any) fits; a better level known to be slow is probed
+    again only after ``probe_after`` such frames (conditions change: peers join).
+    """
+
+    target_fps: float
+    frames_in_flight: int = 1
+    levels: tuple[QualityLevel, ...] = DEFAULT_LEVELS
+    down_at: float = 0.9
+    up_at: float = 0.6
+    up_after: int = 30
+    probe_after: int = 90
+    alpha: float = 0.2
+    level: int = 0
+    _ewma: dict[int, float] = field(default_factory=dict)
+    _good_streak: int = 0
+    changes: int = 0
+
+    @property
+    def budget_s(self) -> float:
+        return self.frames_in_flight / self.target_fps
+
+    @property
+    def current(self) -> QualityLevel:
+        return self.levels[self.level]
+
+    def observe(self, latency_s: float, level: int | None = None, missed: bool = False) -> QualityLevel:
+        lvl = self.level if level is None else level
+        prev = self._ewma.get(lvl)
+        sample = max(latency_s, self.budget_s * 1.5) if missed else latency_s
+        self._ewma[lvl] = sample if prev is None else (1 - self.alpha) * prev + self.alpha * sample
+        if lvl != self.level:
+            return self.current
+        smoothed = self._ewma[lvl]
+        if smoothed > self.down_at * self.budget_s and self.level < len(self.levels) - 1:
+            self.level += 1
+            self.changes += 1
+            self._good_streak = 0
+        elif smoothed < self.up_at * self.budget_s and self.level > 0:
+            self._good_streak += 1
+            better = self._ewma.get(self.level - 1)
+            fits = better is None or better < self.down_at * self.budget_s
+            if (self._good_streak >= self.up_after and fits) or self._good_streak >= self.probe_after:
+                self.level -= 1
+                self.changes += 1
+                self._good_streak = 0
+                # Forget the stale estimate so one bad old sample does not bounce us back.
+                self._ewma.pop(self.level, None)
+        else:
+            self._good_streak = 0
+        return self.current

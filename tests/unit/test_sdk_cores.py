@@ -1,0 +1,117 @@
+"""SDK cores: cache bounds and LRU order, adaptive timeouts, hedge budget, quality control."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nodes.sdk_cores import (
+    AdaptiveTimeouts,
+    CachedResult,
+    HedgeBudget,
+    QualityController,
+    ResultCache,
+    TimeoutConfig,
+    content_key,
+)
+
+
+def _entry(n: int, size: int = 10) -> CachedResult:
+    return CachedResult(bytes([n % 256]) * size, b"w", bytes(16), n, bytes(64))
+
+
+def test_content_key_binds_every_field() -> None:
+    base = content_key("upscale", b"p" * 32, b"i" * 32)
+    assert content_key("upscale", b"p" * 32, b"i" * 32) == base
+    assert content_key("physics_step", b"p" * 32, b"i" * 32) != base
+    assert content_key("upscale", b"q" * 32, b"i" * 32) != base
+    assert content_key("upscale", b"p" * 32, b"j" * 32) != base
+
+
+def test_cache_lru_eviction_by_count() -> None:
+    c = ResultCache(max_entries=3)
+    for i in range(3):
+        c.put(bytes([i]), _entry(i))
+    assert c.get(bytes([0])) is not None  # 0 is now most recent
+    c.put(bytes([3]), _entry(3))
+    assert c.get(bytes([1])) is None  # 1 was least recently used
+    assert c.get(bytes([0])) is not None and c.get(bytes([3])) is not None
+    assert c.hits == 3 and c.misses == 1
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 300)), max_size=60))
+def test_cache_never_exceeds_its_bounds(ops: list[tuple[int, int]]) -> None:
+    c = ResultCache(max_entries=5, max_bytes=600)
+    for key, size in ops:
+        c.put(bytes([key]), _entry(key, size))
+        assert len(c) <= 5
+        assert c.size_bytes <= 600
+        assert c.size_bytes == sum(len(e.output) for e in c._entries.values())
+
+
+def test_timeouts_learn_per_kind() -> None:
+    t = AdaptiveTimeouts(TimeoutConfig(initial_s=10.0))
+    assert t.deadline("echo") == 10.0
+    for _ in range(50):
+        t.observe("echo", 0.002)
+    assert 0.002 <= t.deadline("echo") < 0.01
+    assert t.deadline("upscale") == 10.0  # other kinds unaffected
+    for _ in range(50):
+        t.observe("upscale", 0.1)
+        t.observe("upscale", 0.3)
+    d = t.deadline("upscale")
+    assert 0.3 < d < 1.5  # covers the spread, not just the mean
+    h = t.hedge_delay("upscale")
+    assert h is not None and 0.2 < h < d
+
+
+def test_hedge_delay_needs_samples() -> None:
+    t = AdaptiveTimeouts()
+    for _ in range(7):
+        t.observe("echo", 0.001)
+    assert t.hedge_delay("echo") is None
+    t.observe("echo", 0.001)
+    assert t.hedge_delay("echo") is not None
+
+
+def test_hedge_budget_caps_fraction() -> None:
+    b = HedgeBudget(fraction=0.05, burst=2.0)
+    granted = 0
+    for _ in range(1000):
+        b.on_submit()
+        if b.try_spend():
+            granted += 1
+    assert 48 <= granted <= 52  # 5% of 1000 plus at most the burst
+
+
+def test_quality_steps_down_when_late_and_up_when_fast() -> None:
+    q = QualityController(target_fps=30, frames_in_flight=2, up_after=10, probe_after=30)
+    budget = q.budget_s
+    assert q.current.mode == "quality" and q.current.scale == 2.0
+    for _ in range(20):
+        q.observe(budget * 1.5)
+    assert q.level > 0
+    worst = q.level
+    for _ in range(200):
+        q.observe(budget * 0.2)
+    assert q.level < worst
+    assert q.level == 0
+
+
+def test_quality_holds_steady_in_band() -> None:
+    q = QualityController(target_fps=60)
+    for _ in range(500):
+        q.observe(q.budget_s * 0.75)
+    assert q.level == 0 and q.changes == 0
+
+
+def test_quality_does_not_flap_back_to_a_level_known_to_be_slow() -> None:
+    q = QualityController(target_fps=30, up_after=5, probe_after=40)
+    q.observe(q.budget_s * 2.0)  # level 0 too slow -> step down
+    assert q.level == 1
+    for _ in range(39):
+        q.observe(q.budget_s * 0.3)  # level 1 fast, but level 0's estimate is still bad
+    assert q.level == 1
+    q.observe(q.budget_s * 0.3)  # ... until it is probed again
+    assert q.level == 0
