@@ -120,6 +120,10 @@ def decode_array(
 ) -> npt.NDArray[Any]:
     """Decode ``encode_array`` output; a read-only array. Sizes are checked before allocating."""
     codec, dtype, shape, start = array_header(data)
+    # Bound every dimension on its own too: a zero dimension makes the product 0, which
+    # would let absurd other dimensions through to numpy (found by atheris).
+    if any(d > max_elements for d in shape):
+        raise LimitExceededError(f"array dimension exceeds the limit of {max_elements} elements")
     count = math.prod(shape)
     if count > max_elements:
         raise LimitExceededError(f"array of {count} elements exceeds the limit of {max_elements}")

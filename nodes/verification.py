@@ -1,0 +1,862 @@
+"""Result verification policy: which results the SDK may resolve, and what else to send to know.
+
+``VerificationCore`` is a sans-IO state machine (no I/O, no clock, no global randomness;
+time is an input and randomness a seeded ``random.Random``) that the gamer SDK puts
+between the wire and its futures. Signatures and task binding are checked by the shell
+*before* a result reaches the core (``tasks.receipt``); the core decides whether a
+correctly signed result is also a *right* one, using, per the cheating maths in
+``shared/notes/faults.md`` (majority voting alone is weak):
+
+1. **Cheap per-kind checks on every result** (``TaskKind.self_check``: the upscale
+   downsample check, physics invariants, ...). A failed self-check is a definitive,
+   transferable proof: the worker is banned and the evidence gossiped.
+2. **Known-answer probes.** Outputs confirmed by two independent workers are kept in a
+   bounded store; with probability ``p_probe(trust)`` per task placed on a worker, the
+   core re-issues a stored task to that worker under a fresh task id (same wire shape as
+   any task; preferably to a worker that did not compute it). A wrong answer is caught
+   against the stored, signed reference.
+3. **Sampled redundancy, adapted to reputation.** With probability ``p_dup(trust)`` of
+   the primary worker the task is sent at once to a second worker (picked with weight
+   rising with trust); both outputs must agree under the kind's ``equivalent`` check.
+   On disagreement a third worker breaks the tie and the minority is penalised.
+4. **Low initial trust and bans** (``nodes.reputation``): a new key has trust 0, so its
+   tasks are all duplicated and probed at ``probe_max``; trust grows only with
+   independently verified results and decays back in virtual time.
+
+Inputs (all take ``now``, seconds on the shell's clock; deadlines use the same base)::
+
+    on_worker_up(worker, now) / on_worker_down(worker, now)
+    on_submit(task, now)                                  a user task to place and verify
+    on_result(wire_id, worker, output, now, ts_ms=, signature=)   signature already checked
+    on_failure(wire_id, worker, error, now)               error reply, lost link, bad signature
+    on_check(check_id, ok, now)                           the verdict of a ``RunCheck``
+    on_cancel(task_id, now) / on_tick(now)
+    add_known_answer(kind, params, data, output, now, reference=None)
+
+Effects (``poll_effects()``, in order): ``SendTo`` (a task copy to a chosen worker; the
+role is for the shell's statistics and must never reach the wire), ``Probe`` (a
+known-answer task; same wire shape), ``RunCheck`` (run ``self_check`` or ``equivalent``
+off the event loop, then call ``on_check``; ``drain_inline`` does it synchronously for
+tests and simulations), ``Cancel`` (a copy no longer needed), ``Resolve`` (the verified
+output for a user task), ``Reject`` (a typed error for it) and ``Penalise`` (lower or ban
+a worker; ``evidence`` set when there is a transferable proof to gossip).
+
+States of a user task::
+
+    PLACED --answers/checks--> (group of `need` equivalent, self-checked answers) RESOLVED
+    PLACED --disagreement--> TIEBREAK (one more copy per missing vote, up to max_sends)
+    PLACED/TIEBREAK --deadline, no answer--> REJECTED(TaskTimeoutError)
+    PLACED/TIEBREAK --deadline, answers unconfirmed--> REJECTED(VerificationTimeoutError)
+    PLACED/TIEBREAK --no worker or send left--> REJECTED(VerificationIncompleteError or the error)
+
+``need`` is 1 (self-check only) or 2 (duplicated); it is drawn once at submit.
+
+Invariants:
+
+* Every submitted task ends with exactly one ``Resolve`` or ``Reject``; nothing is
+  resolved twice and anything arriving for a finished task is dropped (``stats.late``).
+* A resolved output passed its kind's self-check, and when ``need == 2`` an equivalent
+  output came from a second, distinct worker.
+* Copies of one task always go to distinct workers; banned workers get no new copies
+  and their answers are ignored.
+* At most ``max_sends`` copies per task; none is started with less than
+  ``min_send_budget_s`` before the deadline; every copy carries the task's deadline.
+* Deterministic: candidates are iterated in sorted order, every random choice comes from
+  the injected ``random.Random``, and wire ids are drawn from it.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import random
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh import wire
+from mesh.errors import (
+    P2C2RError,
+    TaskTimeoutError,
+    UnavailableError,
+    ValidationError,
+    VerificationError,
+)
+from nodes.reputation import Evidence, Reputation, SignedResult, make_evidence
+from tasks.registry import Registry
+
+__all__ = [
+    "Cancel",
+    "Effect",
+    "Penalise",
+    "Probe",
+    "Reject",
+    "Resolve",
+    "Role",
+    "RunCheck",
+    "SendTo",
+    "Task",
+    "VerificationConfig",
+    "VerificationCore",
+    "VerificationIncompleteError",
+    "VerificationStats",
+    "VerificationTimeoutError",
+    "drain_inline",
+    "run_check",
+]
+
+
+class VerificationIncompleteError(VerificationError):
+    """The policy wanted a confirmation it could not get (no other worker, sends used up)."""
+
+    code = "verification_incomplete"
+
+
+class VerificationTimeoutError(VerificationIncompleteError, TaskTimeoutError):
+    """The deadline passed while a result was still being verified."""
+
+    code = "verification_timeout"
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    DUPLICATE = "duplicate"
+    TIEBREAK = "tiebreak"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A user task. ``params`` as they will be sent; ``deadline`` on the shell's clock."""
+
+    task_id: bytes
+    kind: str
+    params: dict[str, Any]
+    data: bytes
+    deadline: float
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """Send ``(wire_id, kind, params, data)`` to ``worker``; ``role`` stays local."""
+
+    worker: bytes
+    wire_id: bytes
+    kind: str
+    params: dict[str, Any]
+    data: bytes
+    deadline: float
+    role: Role
+    task_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A known-answer task for ``worker``; send it exactly like a ``SendTo``."""
+
+    worker: bytes
+    wire_id: bytes
+    kind: str
+    params: dict[str, Any]
+    data: bytes
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunCheck:
+    """Run ``self_check(params, data, output)`` (``reference is None``) or
+    ``equivalent(params, output, reference)`` off the event loop; report via ``on_check``.
+    ``params`` are normalised by the registry."""
+
+    check_id: int
+    kind: str
+    params: dict[str, Any]
+    data: bytes
+    output: bytes
+    reference: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    worker: bytes
+    wire_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    task_id: bytes
+    output: bytes
+    worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    task_id: bytes
+    error: P2C2RError
+
+
+@dataclass(frozen=True, slots=True)
+class Penalise:
+    """``banned``: the core banned ``worker`` in its ``Reputation``; ``evidence`` to gossip."""
+
+    worker: bytes
+    reason: str
+    evidence: Evidence | None
+    banned: bool
+
+
+Effect = SendTo | Probe | RunCheck | Cancel | Resolve | Reject | Penalise
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    #: p_dup(t) = dup_floor + (dup_max - dup_floor) * (1 - t) ** dup_exponent.
+    dup_floor: float = 0.15
+    dup_max: float = 1.0
+    dup_exponent: float = 2.0
+    #: p_probe(t) = probe_floor + (probe_max - probe_floor) * (1 - t); probes run on the
+    #: worker under test, so heavy probing of new keys costs honest workers nothing.
+    probe_floor: float = 0.08
+    probe_max: float = 0.5
+    #: Most copies of one task (primary, duplicates, tie-breakers, replacements).
+    max_sends: int = 5
+    #: No copy is started with less than this left before the task's deadline.
+    min_send_budget_s: float = 0.0
+    #: Primary placement: weight (floor + trust) / (1 + copies in flight), so a new key gets
+    #: a small share of the work (and of the chances to cheat) until it has earned trust.
+    primary_trust_floor: float = 0.1
+    #: Trust-weighted choice of duplicate and tie-break workers: weight (floor + t)**bias.
+    partner_trust_bias: float = 2.0
+    partner_trust_floor: float = 0.05
+    #: Trust flows from anchors: agreeing workers gain trust weighted by the highest trust
+    #: among the *other* agreeing workers (probes answered right count with weight 1), so
+    #: colluders confirming each other earn nothing.
+    #: A disagreeing minority is banned (with evidence) only when the winning group holds
+    #: a worker trusted at least this much; otherwise it only loses trust (soft fault),
+    #: so a colluding majority of untrusted keys cannot get honest workers banned.
+    ban_trust: float = 0.5
+    #: Agreed outputs become known answers (probe material) only when the group holds a
+    #: worker trusted at least this much (or via ``add_known_answer``).
+    known_answer_trust: float = 0.5
+    #: A worker that says the input is invalid is believed once this many distinct
+    #: workers agree (one liar cannot fail a task by claiming bad input).
+    validation_quorum: int = 2
+    #: Known-answer store bounds.
+    known_answers: int = 512
+    known_answer_max_bytes: int = 1024 * 1024
+    known_answers_total_bytes: int = 64 * 1024 * 1024
+    #: Inputs/outputs up to this size are embedded in evidence.
+    evidence_max_blob: int = 1024 * 1024
+    max_pending: int = 100_000
+
+    def p_dup(self, trust: float) -> float:
+        t = min(1.0, max(0.0, trust))
+        return self.dup_floor + (self.dup_max - self.dup_floor) * float((1.0 - t) ** self.dup_exponent)
+
+    def p_probe(self, trust: float) -> float:
+        t = min(1.0, max(0.0, trust))
+        return self.probe_floor + (self.probe_max - self.probe_floor) * (1.0 - t)
+
+
+@dataclass
+class VerificationStats:
+    submitted: int = 0
+    resolved: int = 0
+    rejected: int = 0
+    timeouts: int = 0
+    sends: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    probes: int = 0
+    probes_passed: int = 0
+    probes_failed: int = 0
+    probe_timeouts: int = 0
+    self_check_failures: int = 0
+    mismatches: int = 0
+    mismatches_unproven: int = 0
+    unconfirmed: int = 0
+    bans: int = 0
+    late: int = 0
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass(eq=False)
+class _Known:
+    kind: str
+    params: dict[str, Any]
+    norm: dict[str, Any]
+    data: bytes
+    output: bytes
+    digest: bytes
+    reference: SignedResult | None
+    workers: frozenset[bytes]
+
+
+@dataclass(eq=False)
+class _Copy:
+    wire_id: bytes
+    worker: bytes
+    deadline: float
+    role: Role | None  # None: a probe
+    task: _Task | None = None
+    known: _Known | None = None
+    live: bool = True
+
+
+@dataclass(eq=False)
+class _Answer:
+    copy: _Copy
+    output: bytes
+    digest: bytes
+    signed: SignedResult
+    self_ok: bool | None = None
+
+
+@dataclass(eq=False)
+class _Task:
+    task: Task
+    norm: dict[str, Any]
+    need: int
+    copies: list[_Copy] = field(default_factory=list)
+    answers: list[_Answer] = field(default_factory=list)
+    groups: list[list[_Answer]] = field(default_factory=list)
+    queue: deque[_Answer] = field(default_factory=deque)
+    comparing: tuple[_Answer, int] | None = None
+    checks: int = 0
+    invalid_from: set[bytes] = field(default_factory=set)
+    last_error: P2C2RError | None = None
+    done: bool = False
+
+    def in_flight(self) -> int:
+        return sum(1 for c in self.copies if c.live)
+
+    def pending_answers(self) -> int:
+        return (
+            sum(1 for a in self.answers if a.self_ok is None) + len(self.queue) + (1 if self.comparing else 0)
+        )
+
+
+@dataclass(eq=False)
+class _Check:
+    purpose: str  # "self" | "compare" | "probe"
+    answer: _Answer
+    task: _Task | None
+
+
+class VerificationCore:
+    """The verification policy. See the module docstring for states and invariants."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        reputation: Reputation,
+        rng: random.Random,
+        config: VerificationConfig = VerificationConfig(),
+    ) -> None:
+        self.registry = registry
+        self.reputation = reputation
+        self.rng = rng
+        self.config = config
+        self.stats = VerificationStats()
+        self._workers: set[bytes] = set()
+        self._inflight: dict[bytes, int] = {}
+        self._tasks: dict[bytes, _Task] = {}
+        self._copies: dict[bytes, _Copy] = {}
+        self._checks: dict[int, _Check] = {}
+        self._check_ids = itertools.count(1)
+        #: (deadline, seq, is_probe, key): key is a user task id, or a probe's wire id.
+        self._deadlines: list[tuple[float, int, bool, bytes]] = []
+        self._seq = itertools.count()
+        self._known: OrderedDict[tuple[str, bytes, bytes], _Known] = OrderedDict()
+        self._known_bytes = 0
+        self._effects: list[Effect] = []
+
+    # ------------------------------------------------------------------ queries
+
+    def poll_effects(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines:
+            when, _, is_probe, key = self._deadlines[0]
+            if (key in self._copies) if is_probe else (key in self._tasks):
+                return when
+            heapq.heappop(self._deadlines)
+        return None
+
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def known_answers(self) -> int:
+        return len(self._known)
+
+    # ------------------------------------------------------------------ workers
+
+    def on_worker_up(self, worker: bytes, now: float) -> None:
+        self._workers.add(worker)
+        self._inflight.setdefault(worker, 0)
+
+    def on_worker_down(self, worker: bytes, now: float) -> None:
+        """Forget ``worker``; its copies fail here (the shell need not report them)."""
+        self._workers.discard(worker)
+        self._fail_worker(worker, UnavailableError("worker went away"), now)
+
+    # ------------------------------------------------------------------ tasks
+
+    def on_submit(self, task: Task, now: float) -> None:
+        c = self.config
+        self.stats.submitted += 1
+        if task.task_id in self._tasks:
+            raise ValueError("task id already pending")
+        try:
+            kind = self.registry.get(task.kind)
+            norm = kind.validate_params(task.params, len(task.data))
+        except ValidationError as exc:
+            self._reject_new(task, exc)
+            return
+        if len(self._tasks) >= c.max_pending:
+            self._reject_new(task, UnavailableError("too many tasks awaiting verification"))
+            return
+        if task.deadline <= now:
+            self._reject_new(task, TaskTimeoutError("deadline already passed"))
+            return
+        primary = self._pick_primary(now)
+        if primary is None:
+            self._reject_new(task, UnavailableError("no worker is available"))
+            return
+        trust = self.reputation.trust(primary, now)
+        need = 2 if self.rng.random() < c.p_dup(trust) else 1
+        t = _Task(task, norm, need)
+        self._tasks[task.task_id] = t
+        heapq.heappush(self._deadlines, (task.deadline, next(self._seq), False, task.task_id))
+        self._send(t, primary, Role.PRIMARY)
+        if need == 2:
+            partner = self._pick_partner(t, now)
+            if partner is None:
+                t.need = 1
+                self.stats.unconfirmed += 1
+            else:
+                self._send(t, partner, Role.DUPLICATE)
+        if self.rng.random() < c.p_probe(trust):
+            self._probe(primary, task.kind, task.deadline, now)
+
+    def on_result(
+        self,
+        wire_id: bytes,
+        worker: bytes,
+        output: bytes,
+        now: float,
+        *,
+        ts_ms: int = 0,
+        signature: bytes = b"",
+    ) -> None:
+        """A result whose signature and task binding the shell has already verified."""
+        copy = self._copies.get(wire_id)
+        if copy is None or copy.worker != worker or not copy.live:
+            self.stats.late += 1
+            return
+        self._retire(copy)
+        if self.reputation.is_banned(worker, now):
+            self._copy_failed(copy, VerificationError("worker is banned"), now)
+            return
+        digest = wire.digest(output)
+        signed = SignedResult(wire_id, worker, digest, ts_ms, signature, output)
+        answer = _Answer(copy, output, digest, signed)
+        if copy.known is not None:
+            known = copy.known
+            if digest == known.digest:
+                self._probe_verdict(answer, True, now)
+            else:
+                self._run_check("probe", answer, None, known.kind, known.norm, known.data, known.output)
+            return
+        t = copy.task
+        assert t is not None
+        t.answers.append(answer)
+        self._run_check("self", answer, t, t.task.kind, t.norm, t.task.data, None)
+
+    def on_failure(self, wire_id: bytes, worker: bytes, error: P2C2RError, now: float) -> None:
+        """A copy ended without a usable result (error reply, lost link, bad signature)."""
+        copy = self._copies.get(wire_id)
+        if copy is None or copy.worker != worker or not copy.live:
+            self.stats.late += 1
+            return
+        self._retire(copy)
+        if isinstance(error, VerificationError):
+            self.reputation.record_fault(worker, now)
+            self._emit(Penalise(worker, "bad_signature", None, False))
+        self._copy_failed(copy, error, now)
+
+    def on_check(self, check_id: int, ok: bool, now: float) -> None:
+        chk = self._checks.pop(check_id, None)
+        if chk is None:
+            return
+        a, t = chk.answer, chk.task
+        if chk.purpose == "probe":
+            self._probe_verdict(a, ok, now)
+            return
+        assert t is not None
+        t.checks -= 1
+        if t.done:
+            return
+        if chk.purpose == "self":
+            a.self_ok = ok
+            if not ok:
+                self.stats.self_check_failures += 1
+                t.answers.remove(a)
+                self._catch(a, t.task, t.norm, "self_check", None, now)
+            else:
+                t.queue.append(a)
+        else:
+            assert t.comparing is not None
+            cand, idx = t.comparing
+            t.comparing = None
+            if ok:
+                t.groups[idx].append(cand)
+            else:
+                self._group_from(t, cand, idx + 1)
+        self._advance(t, now)
+
+    def on_cancel(self, task_id: bytes, now: float) -> None:
+        t = self._tasks.get(task_id)
+        if t is not None:
+            self._finish(t)
+
+    def on_tick(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, is_probe, key = heapq.heappop(self._deadlines)
+            if is_probe:
+                copy = self._copies.get(key)
+                if copy is not None and copy.live:
+                    self.stats.probe_timeouts += 1
+                    self._retire(copy)
+                    del self._copies[key]
+                    self._emit(Cancel(copy.worker, key))
+                continue
+            t = self._tasks.get(key)
+            if t is not None and t.task.deadline <= now:
+                self.stats.timeouts += 1
+                err: P2C2RError
+                if t.answers or t.groups:
+                    err = VerificationTimeoutError(
+                        f"{t.task.kind} task {key.hex()[:8]}: deadline passed before its result was confirmed"
+                    )
+                else:
+                    err = TaskTimeoutError(f"{t.task.kind} task {key.hex()[:8]} missed its deadline")
+                self._reject(t, err)
+
+    # ------------------------------------------------------------------ known answers
+
+    def add_known_answer(
+        self,
+        kind: str,
+        params: Mapping[str, Any],
+        data: bytes,
+        output: bytes,
+        now: float,
+        reference: SignedResult | None = None,
+        workers: frozenset[bytes] = frozenset(),
+    ) -> bool:
+        """Store a verified answer for probes (e.g. one the gamer computed itself)."""
+        c = self.config
+        if len(data) + len(output) > c.known_answer_max_bytes or c.known_answers <= 0:
+            return False
+        try:
+            norm = self.registry.get(kind).validate_params(params, len(data))
+        except ValidationError:
+            return False
+        p = dict(params)
+        key = (kind, wire.params_digest(p), wire.digest(data))
+        if key in self._known:
+            return False
+        self._known[key] = _Known(kind, p, norm, data, output, wire.digest(output), reference, workers)
+        self._known_bytes += len(data) + len(output)
+        while len(self._known) > c.known_answers or self._known_bytes > c.known_answers_total_bytes:
+            _, old = self._known.popitem(last=False)
+            self._known_bytes -= len(old.data) + len(old.output)
+        return True
+
+    # ------------------------------------------------------------------ placement
+
+    def _eligible(self, now: float, exclude: set[bytes]) -> list[bytes]:
+        rep = self.reputation
+        return [w for w in sorted(self._workers) if w not in exclude and not rep.is_banned(w, now)]
+
+    def _pick_primary(self, now: float) -> bytes | None:
+        c = self.config
+        cands = self._eligible(now, set())
+        if not cands:
+            return None
+        weights = [
+            (c.primary_trust_floor + self.reputation.trust(w, now)) / (1 + self._inflight.get(w, 0))
+            for w in cands
+        ]
+        return self.rng.choices(cands, weights=weights)[0]
+
+    def _pick_partner(self, t: _Task, now: float) -> bytes | None:
+        c = self.config
+        cands = self._eligible(now, {cp.worker for cp in t.copies})
+        if not cands:
+            return None
+        weights = [
+            (c.partner_trust_floor + self.reputation.trust(w, now)) ** c.partner_trust_bias
+            / (1 + self._inflight.get(w, 0))
+            for w in cands
+        ]
+        return self.rng.choices(cands, weights=weights)[0]
+
+    def _new_wire_id(self) -> bytes:
+        while True:
+            wid = self.rng.randbytes(wire.TASK_ID_LEN)
+            if wid not in self._copies and wid not in self._tasks:
+                return wid
+
+    def _send(self, t: _Task, worker: bytes, role: Role) -> None:
+        wid = self._new_wire_id()
+        copy = _Copy(wid, worker, t.task.deadline, role, task=t)
+        t.copies.append(copy)
+        self._copies[wid] = copy
+        self._inflight[worker] = self._inflight.get(worker, 0) + 1
+        self.stats.sends[role.value] += 1
+        tk = t.task
+        self._emit(SendTo(worker, wid, tk.kind, tk.params, tk.data, tk.deadline, role, tk.task_id))
+
+    def _probe(self, worker: bytes, kind: str, deadline: float, now: float) -> None:
+        same = [k for k in self._known.values() if k.kind == kind]
+        pool = [k for k in same if worker not in k.workers] or same
+        if not pool:
+            return
+        known = pool[self.rng.randrange(len(pool))]
+        wid = self._new_wire_id()
+        copy = _Copy(wid, worker, deadline, None, known=known)
+        self._copies[wid] = copy
+        self._inflight[worker] = self._inflight.get(worker, 0) + 1
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), True, wid))
+        self.stats.probes += 1
+        self._emit(Probe(worker, wid, known.kind, known.params, known.data, deadline))
+
+    def _retire(self, copy: _Copy) -> None:
+        if copy.live:
+            copy.live = False
+            self._inflight[copy.worker] = max(0, self._inflight.get(copy.worker, 0) - 1)
+
+    # ------------------------------------------------------------------ checking
+
+    def _run_check(
+        self,
+        purpose: str,
+        answer: _Answer,
+        t: _Task | None,
+        kind: str,
+        norm: dict[str, Any],
+        data: bytes,
+        reference: bytes | None,
+    ) -> None:
+        cid = next(self._check_ids)
+        self._checks[cid] = _Check(purpose, answer, t)
+        if t is not None:
+            t.checks += 1
+        self._emit(RunCheck(cid, kind, norm, data, answer.output, reference))
+
+    def _probe_verdict(self, a: _Answer, ok: bool, now: float) -> None:
+        known = a.copy.known
+        assert known is not None
+        self._copies.pop(a.copy.wire_id, None)
+        if ok:
+            self.stats.probes_passed += 1
+            self.reputation.record_verified(a.copy.worker, now)
+            return
+        self.stats.probes_failed += 1
+        tk = Task(b"", known.kind, known.params, known.data, a.copy.deadline)
+        self._catch(a, tk, known.norm, "probe", known.reference, now)
+
+    def _group_from(self, t: _Task, a: _Answer, start: int) -> None:
+        """Place ``a`` in the first equivalent group from ``start``, or start a new one."""
+        for idx in range(start, len(t.groups)):
+            rep = t.groups[idx][0]
+            if rep.digest == a.digest:
+                t.groups[idx].append(a)
+                return
+            t.comparing = (a, idx)
+            self._run_check("compare", a, t, t.task.kind, t.norm, t.task.data, rep.output)
+            return
+        t.groups.append([a])
+
+    def _advance(self, t: _Task, now: float) -> None:
+        while t.comparing is None and t.queue:
+            self._group_from(t, t.queue.popleft(), 0)
+        if t.comparing is not None or t.done:
+            return
+        best = max(t.groups, key=len, default=[])
+        if len(best) >= t.need:
+            self._accept(t, best, now)
+            return
+        missing = t.need - len(best)
+        coming = t.in_flight() + t.pending_answers()
+        role = Role.TIEBREAK if len(t.groups) >= 2 else (Role.DUPLICATE if t.groups else Role.PRIMARY)
+        while coming < missing and self._can_send(t, now):
+            worker = self._pick_partner(t, now)
+            if worker is None:
+                break
+            self._send(t, worker, role)
+            coming += 1
+        if coming == 0:
+            if t.last_error is not None and not t.groups:
+                self._reject(t, t.last_error)
+            else:
+                self._reject(
+                    t,
+                    VerificationIncompleteError(
+                        f"{t.task.kind} task {t.task.task_id.hex()[:8]}: could not confirm its result "
+                        f"({len(t.groups)} disagreeing answer group(s), no worker or send left)"
+                    ),
+                )
+
+    def _can_send(self, t: _Task, now: float) -> bool:
+        return len(t.copies) < self.config.max_sends and t.task.deadline - now > self.config.min_send_budget_s
+
+    def _accept(self, t: _Task, best: list[_Answer], now: float) -> None:
+        c = self.config
+        winner = best[0]
+        trust = {a.copy.worker: self.reputation.trust(a.copy.worker, now) for a in best}
+        top = max(trust.values())
+        if len(best) >= 2:
+            for a in best:
+                others = [v for w, v in trust.items() if w != a.copy.worker]
+                self.reputation.record_verified(a.copy.worker, now, weight=max(others))
+            if top >= c.known_answer_trust:
+                self.add_known_answer(
+                    t.task.kind,
+                    t.task.params,
+                    t.task.data,
+                    winner.output,
+                    now,
+                    reference=max(best, key=lambda a: trust[a.copy.worker]).signed,
+                    workers=frozenset(trust),
+                )
+        self._emit(Resolve(t.task.task_id, winner.output, winner.copy.worker))
+        self.stats.resolved += 1
+        self._finish(t)
+        # After finishing: banning fails the losers' other copies, which may advance
+        # (and finish) other tasks, never this one.
+        for group in t.groups:
+            if group is best:
+                continue
+            for a in group:
+                if top >= c.ban_trust:
+                    self.stats.mismatches += 1
+                    self._catch(a, t.task, t.norm, "mismatch", winner.signed, now)
+                else:
+                    # Untrusted majority: no information on who lied, so nobody is
+                    # penalised (a colluding pair must not erode an honest worker's trust).
+                    self.stats.mismatches_unproven += 1
+
+    def _catch(
+        self,
+        a: _Answer,
+        task: Task,
+        norm: dict[str, Any],
+        reason: str,
+        reference: SignedResult | None,
+        now: float,
+    ) -> None:
+        """``a`` is a wrong, validly signed result: ban its worker, emit the evidence."""
+        worker = a.copy.worker
+        ev = make_evidence(
+            kind=task.kind,
+            params=task.params,
+            data=task.data,
+            bad=a.signed,
+            reason=reason,
+            reference=reference,
+            max_blob=self.config.evidence_max_blob,
+        )
+        self.reputation.ban(worker, now, ev)
+        self.stats.bans += 1
+        self._emit(Penalise(worker, reason, ev, True))
+        self._fail_worker(worker, VerificationError("worker was banned"), now)
+
+    # ------------------------------------------------------------------ failures and endings
+
+    def _fail_worker(self, worker: bytes, error: P2C2RError, now: float) -> None:
+        for wid in sorted(self._copies):
+            copy = self._copies.get(wid)
+            if copy is not None and copy.worker == worker and copy.live:
+                self._retire(copy)
+                self._emit(Cancel(worker, wid))
+                self._copy_failed(copy, error, now)
+
+    def _copy_failed(self, copy: _Copy, error: P2C2RError, now: float) -> None:
+        if copy.known is not None:
+            self._copies.pop(copy.wire_id, None)
+            return
+        t = copy.task
+        assert t is not None
+        if t.done:
+            return
+        t.last_error = error
+        if isinstance(error, ValidationError):
+            t.invalid_from.add(copy.worker)
+            if len(t.invalid_from) >= self.config.validation_quorum:
+                self._reject(t, error)
+                return
+        self._advance(t, now)
+
+    def _reject_new(self, task: Task, error: P2C2RError) -> None:
+        self.stats.rejected += 1
+        self._emit(Reject(task.task_id, error))
+
+    def _reject(self, t: _Task, error: P2C2RError) -> None:
+        self.stats.rejected += 1
+        self._emit(Reject(t.task.task_id, error))
+        self._finish(t)
+
+    def _finish(self, t: _Task) -> None:
+        t.done = True
+        self._tasks.pop(t.task.task_id, None)
+        for copy in t.copies:
+            if copy.live:
+                self._retire(copy)
+                self._emit(Cancel(copy.worker, copy.wire_id))
+            self._copies.pop(copy.wire_id, None)
+        for cid in [cid for cid, chk in self._checks.items() if chk.task is t]:
+            del self._checks[cid]
+
+    def _emit(self, eff: Effect) -> None:
+        self._effects.append(eff)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_check(registry: Registry, eff: RunCheck) -> bool:
+    """Execute a ``RunCheck`` (the shell calls this off the event loop)."""
+    kind = registry.get(eff.kind)
+    try:
+        if eff.reference is None:
+            return bool(kind.self_check(eff.params, eff.data, eff.output))
+        return eff.output == eff.reference or bool(kind.equivalent(eff.params, eff.output, eff.reference))
+    except Exception:  # a check that crashes on a stranger's output is a failed check
+        return False
+
+
+def drain_inline(core: VerificationCore, now: float, registry: Registry | None = None) -> list[Effect]:
+    """Poll effects, running every ``RunCheck`` synchronously; return the other effects."""
+    reg = registry or core.registry
+    out: list[Effect] = []
+    while True:
+        effs = core.poll_effects()
+        if not effs:
+            return out
+        for eff in effs:
+            if isinstance(eff, RunCheck):
+                core.on_check(eff.check_id, run_check(reg, eff), now)
+            else:
+                out.append(eff)

@@ -1,0 +1,356 @@
+"""The verification policy core: paths, deadlines, determinism, and the Monte-Carlo targets."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.errors import (
+    RejectedError,
+    TaskTimeoutError,
+    UnavailableError,
+    ValidationError,
+    VerificationError,
+)
+from nodes.reputation import Reputation
+from nodes.verification import (
+    Cancel,
+    Effect,
+    Penalise,
+    Probe,
+    Reject,
+    Resolve,
+    Role,
+    RunCheck,
+    SendTo,
+    Task,
+    VerificationConfig,
+    VerificationCore,
+    VerificationIncompleteError,
+    VerificationTimeoutError,
+    drain_inline,
+)
+
+_SIM_PATH = Path(__file__).resolve().parents[2] / "scripts" / "adversarial_sim.py"
+_spec = importlib.util.spec_from_file_location("adversarial_sim", _SIM_PATH)
+assert _spec is not None and _spec.loader is not None
+sim = importlib.util.module_from_spec(_spec)
+sys.modules["adversarial_sim"] = sim
+_spec.loader.exec_module(sim)
+
+W = [b"w%d" % i for i in range(5)]
+NO_CHECKS = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=0.0, probe_max=0.0)
+ALWAYS_DUP = VerificationConfig(dup_floor=1.0, probe_floor=0.0, probe_max=0.0)
+
+
+def right(data: bytes) -> bytes:
+    return b"ok" + hashlib.sha256(data).digest()
+
+
+def wrong(data: bytes) -> bytes:
+    return b"ok" + hashlib.sha256(data + b"x").digest()
+
+
+def make(config: VerificationConfig, workers: int = 3, seed: int = 7) -> VerificationCore:
+    core = VerificationCore(sim.mc_registry(), Reputation(), random.Random(seed), config)
+    for w in W[:workers]:
+        core.on_worker_up(w, 0.0)
+    return core
+
+
+def task(n: int = 1, deadline: float = 10.0, data: bytes = b"input") -> Task:
+    return Task(n.to_bytes(16, "big"), "mc", {}, data, deadline)
+
+
+def sends(effs: list[Effect]) -> list[SendTo]:
+    return [e for e in effs if isinstance(e, SendTo)]
+
+
+def of(effs: list[Effect], cls: type) -> list[Any]:
+    return [e for e in effs if isinstance(e, cls)]
+
+
+def test_single_result_is_self_checked_then_resolved() -> None:
+    core = make(NO_CHECKS)
+    core.on_submit(task(), 0.0)
+    effs = core.poll_effects()
+    (send,) = sends(effs)
+    assert send.role is Role.PRIMARY and send.data == b"input" and send.deadline == 10.0
+    core.on_result(send.wire_id, send.worker, right(b"input"), 0.1)
+    (check,) = core.poll_effects()
+    assert isinstance(check, RunCheck) and check.reference is None
+    core.on_check(check.check_id, True, 0.1)
+    (res,) = core.poll_effects()
+    assert res == Resolve(task().task_id, right(b"input"), send.worker)
+    core.on_result(send.wire_id, send.worker, right(b"input"), 0.2)  # duplicate delivery
+    assert core.poll_effects() == [] and core.stats.late == 1 and core.pending() == 0
+
+
+def test_failed_self_check_bans_with_evidence_and_retries_elsewhere() -> None:
+    core = make(NO_CHECKS)
+    core.on_submit(task(), 0.0)
+    (send,) = sends(core.poll_effects())
+    core.on_result(send.wire_id, send.worker, b"garbage", 0.1, ts_ms=5, signature=b"s" * 64)
+    effs = drain_inline(core, 0.1)
+    (pen,) = of(effs, Penalise)
+    assert pen.worker == send.worker and pen.banned and pen.reason == "self_check"
+    assert pen.evidence is not None and pen.evidence.bad.output == b"garbage"
+    assert type(pen.evidence).from_wire(pen.evidence.to_wire()) == pen.evidence
+    assert core.reputation.is_banned(send.worker, 0.1)
+    (retry,) = sends(effs)
+    assert retry.worker != send.worker and retry.wire_id != send.wire_id
+    core.on_result(retry.wire_id, retry.worker, right(b"input"), 0.2)
+    (res,) = drain_inline(core, 0.2)
+    assert isinstance(res, Resolve) and res.output == right(b"input")
+
+
+def test_duplicates_agree_and_become_a_known_answer() -> None:
+    core = make(ALWAYS_DUP)
+    for w in W[:3]:
+        for _ in range(60):
+            core.reputation.record_verified(w, 0.0)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    assert {a.role, b.role} == {Role.PRIMARY, Role.DUPLICATE} and a.worker != b.worker
+    assert a.wire_id != b.wire_id  # fresh wire ids: copies cannot be matched by id
+    core.on_result(a.wire_id, a.worker, right(b"input"), 0.1)
+    assert of(drain_inline(core, 0.1), Resolve) == []  # waits for the second vote
+    core.on_result(b.wire_id, b.worker, right(b"input"), 0.2)
+    (res,) = drain_inline(core, 0.2)
+    assert isinstance(res, Resolve)
+    assert core.known_answers() == 1
+
+
+def test_disagreement_goes_to_a_tiebreak_and_the_minority_is_banned() -> None:
+    core = make(ALWAYS_DUP, workers=4)
+    for w in W[:4]:
+        for _ in range(60):
+            core.reputation.record_verified(w, 0.0)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, wrong(b"input"), 0.1)
+    core.on_result(b.wire_id, b.worker, right(b"input"), 0.1)
+    effs = drain_inline(core, 0.1)
+    (tie,) = sends(effs)
+    assert tie.role is Role.TIEBREAK and tie.worker not in (a.worker, b.worker)
+    core.on_result(tie.wire_id, tie.worker, right(b"input"), 0.2)
+    effs = drain_inline(core, 0.2)
+    (res,) = of(effs, Resolve)
+    assert res.output == right(b"input")
+    (pen,) = of(effs, Penalise)
+    assert pen.worker == a.worker and pen.banned and pen.reason == "mismatch"
+    assert pen.evidence is not None and pen.evidence.reference is not None
+    assert pen.evidence.reference.worker in (b.worker, tie.worker)
+
+
+def test_untrusted_majority_does_not_ban_the_minority() -> None:
+    core = make(ALWAYS_DUP, workers=4)  # everyone at trust 0
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, wrong(b"input"), 0.1)
+    core.on_result(b.wire_id, b.worker, right(b"input"), 0.1)
+    (tie,) = sends(drain_inline(core, 0.1))
+    core.on_result(tie.wire_id, tie.worker, wrong(b"input"), 0.2)
+    effs = drain_inline(core, 0.2)
+    assert of(effs, Penalise) == [] and core.stats.mismatches_unproven == 1
+    assert of(effs, Resolve)[0].output == wrong(b"input")  # the known weakness of voting
+
+
+def test_deadline_with_unconfirmed_result_is_a_typed_verification_timeout() -> None:
+    core = make(ALWAYS_DUP)
+    core.on_submit(task(deadline=1.0), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, right(b"input"), 0.1)
+    drain_inline(core, 0.1)
+    assert core.next_deadline() == 1.0
+    core.on_tick(1.0)
+    effs = core.poll_effects()
+    (rej,) = of(effs, Reject)
+    assert isinstance(rej.error, VerificationTimeoutError) and isinstance(rej.error, TaskTimeoutError)
+    assert [c.wire_id for c in of(effs, Cancel)] == [b.wire_id]
+    core.on_result(b.wire_id, b.worker, right(b"input"), 1.1)
+    assert drain_inline(core, 1.1) == [] and core.stats.late == 1
+
+
+def test_deadline_without_any_answer_is_a_plain_timeout() -> None:
+    core = make(NO_CHECKS)
+    core.on_submit(task(deadline=1.0), 0.0)
+    core.poll_effects()
+    core.on_tick(0.5)
+    assert core.poll_effects() == []
+    core.on_tick(1.0)
+    (rej, _cancel) = core.poll_effects()
+    assert isinstance(rej, Reject) and type(rej.error) is TaskTimeoutError
+    assert core.next_deadline() is None
+
+
+def test_failures_are_retried_then_reported() -> None:
+    core = make(NO_CHECKS, workers=2)
+    core.on_submit(task(), 0.0)
+    (a,) = sends(core.poll_effects())
+    core.on_failure(a.wire_id, a.worker, RejectedError("busy"), 0.1)
+    (b,) = sends(core.poll_effects())
+    assert b.worker != a.worker
+    core.on_failure(b.wire_id, b.worker, RejectedError("busy"), 0.2)
+    (rej,) = core.poll_effects()  # no third worker: the last error is reported
+    assert isinstance(rej, Reject) and isinstance(rej.error, RejectedError)
+
+
+def test_one_worker_claiming_invalid_input_is_not_believed_two_are() -> None:
+    core = make(NO_CHECKS, workers=3)
+    core.on_submit(task(), 0.0)
+    (a,) = sends(core.poll_effects())
+    core.on_failure(a.wire_id, a.worker, ValidationError("bad input"), 0.1)
+    (b,) = sends(core.poll_effects())
+    core.on_failure(b.wire_id, b.worker, ValidationError("bad input"), 0.2)
+    effs = core.poll_effects()
+    assert sends(effs) == [] and isinstance(of(effs, Reject)[0].error, ValidationError)
+
+
+def test_duplicate_without_partner_falls_back_and_lost_partner_is_incomplete() -> None:
+    core = make(ALWAYS_DUP, workers=1)
+    core.on_submit(task(), 0.0)
+    assert len(sends(core.poll_effects())) == 1 and core.stats.unconfirmed == 1
+    core = make(ALWAYS_DUP, workers=2)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, right(b"input"), 0.1)
+    drain_inline(core, 0.1)
+    core.on_worker_down(b.worker, 0.2)
+    (rej,) = of(drain_inline(core, 0.2), Reject)
+    assert isinstance(rej.error, VerificationIncompleteError)
+
+
+def test_rejects_invalid_params_and_no_workers_up_front() -> None:
+    core = make(NO_CHECKS, workers=0)
+    core.on_submit(Task(b"\x01" * 16, "mc", {"nope": 1}, b"x", 5.0), 0.0)
+    core.on_submit(Task(b"\x02" * 16, "nokind", {}, b"x", 5.0), 0.0)
+    core.on_submit(task(), 0.0)
+    errs = [e.error for e in core.poll_effects() if isinstance(e, Reject)]
+    assert [type(e).__name__ for e in errs] == ["ValidationError", "UnknownKindError", "UnavailableError"]
+    assert isinstance(errs[2], UnavailableError)
+
+
+def test_probe_catches_a_wrong_answer_against_the_known_answer() -> None:
+    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=1.0, probe_max=1.0)
+    core = make(cfg, workers=1)
+    assert core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
+    core.on_submit(task(), 0.0)
+    effs = core.poll_effects()
+    (probe,) = of(effs, Probe)
+    (send,) = sends(effs)
+    assert probe.worker == send.worker and probe.data == b"known" and probe.wire_id != send.wire_id
+    core.on_result(probe.wire_id, probe.worker, wrong(b"known"), 0.1)
+    effs = drain_inline(core, 0.1)
+    pens = of(effs, Penalise)
+    assert pens and pens[0].reason == "probe" and pens[0].banned
+    # The worker is banned: its in-flight real task fails; no other worker, so it is rejected.
+    assert isinstance(of(effs, Reject)[0].error, VerificationError)
+
+
+def test_probe_passes_raise_trust_and_probes_expire_quietly() -> None:
+    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=1.0, probe_max=1.0)
+    core = make(cfg, workers=1)
+    core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
+    core.on_submit(task(1), 0.0)
+    (probe,) = of(core.poll_effects(), Probe)
+    core.on_result(probe.wire_id, probe.worker, right(b"known"), 0.1)
+    drain_inline(core, 0.1)
+    assert core.reputation.trust(probe.worker, 0.1) > 0 and core.stats.probes_passed == 1
+    core.on_submit(task(2, deadline=2.0), 0.2)
+    (probe2,) = of(core.poll_effects(), Probe)
+    core.on_tick(2.0)
+    assert core.stats.probe_timeouts == 1 and core.reputation.trust(probe2.worker, 2.0) > 0
+
+
+def _transcript(seed: int) -> list[str]:
+    core = make(VerificationConfig(), workers=5, seed=seed)
+    core.add_known_answer("mc", {}, b"k", right(b"k"), 0.0)
+    out: list[str] = []
+    for n in range(40):
+        now = n * 0.01
+        core.on_submit(task(n, data=b"d%d" % n), now)
+        effs = drain_inline(core, now)
+        while effs:
+            eff = effs.pop(0)
+            out.append(repr(eff)[:120])
+            if isinstance(eff, (SendTo, Probe)):
+                bad = eff.worker == W[0]
+                core.on_result(eff.wire_id, eff.worker, wrong(eff.data) if bad else right(eff.data), now)
+                effs.extend(drain_inline(core, now))
+    return out
+
+
+def test_deterministic_given_the_seed() -> None:
+    assert _transcript(3) == _transcript(3)
+    assert _transcript(3) != _transcript(4)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.booleans()), max_size=40))
+def test_every_task_ends_exactly_once(script: list[tuple[int, int, bool]]) -> None:
+    """Random interleavings of results, failures, checks and ticks never lose or double a task."""
+    core = make(VerificationConfig(dup_floor=0.5), workers=4, seed=1)
+    outstanding: list[Effect] = []
+    ids = [task(n, deadline=1.0 + n % 3).task_id for n in range(4)]
+    for n in range(4):
+        core.on_submit(task(n, deadline=1.0 + n % 3, data=b"d%d" % n), 0.0)
+    outstanding += core.poll_effects()
+    ended: list[bytes] = []
+    now = 0.0
+    for op, pick, good in script:
+        now += 0.1
+        if op == 3:
+            core.on_tick(now)
+        else:
+            work = [e for e in outstanding if isinstance(e, (SendTo, Probe, RunCheck))]
+            if work:
+                eff = work[pick % len(work)]
+                outstanding.remove(eff)
+                if isinstance(eff, RunCheck):
+                    core.on_check(eff.check_id, good or op == 2, now)
+                elif op == 1:
+                    core.on_failure(eff.wire_id, eff.worker, RejectedError("no"), now)
+                else:
+                    out = right(eff.data) if good else wrong(eff.data)
+                    core.on_result(eff.wire_id, eff.worker, out, now)
+        for eff in core.poll_effects():
+            if isinstance(eff, (Resolve, Reject)):
+                ended.append(eff.task_id)
+            else:
+                outstanding.append(eff)
+    core.on_tick(10.0)
+    ended += [e.task_id for e in core.poll_effects() if isinstance(e, (Resolve, Reject))]
+    assert sorted(ended) == sorted(ids)
+    assert core.pending() == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kw"),
+    [
+        ("always", {}),
+        ("always", {"probe_aware": True}),
+        ("sleeper", {"honest_for": 50}),
+        ("sleeper", {"honest_for": 300}),
+    ],
+)
+def test_monte_carlo_targets(strategy: str, kw: dict[str, Any]) -> None:
+    """10 workers, 3 colluding cheaters who rejoin under new keys when banned."""
+    r = sim.simulate(strategy=strategy, tasks=4000, seed=11, **kw)
+    assert r.wrong_rate <= 0.01, r.row()
+    assert r.bans_cheaters >= 3 and r.bans_honest == 0, r.row()
+    assert r.honest_extra <= 0.33, r.row()
+
+
+def test_monte_carlo_honest_only_costs_little() -> None:
+    r = sim.simulate(strategy="honest", tasks=6000, seed=5)
+    assert r.wrong == 0 and r.rejected == 0 and r.bans_honest == 0
+    assert r.honest_extra <= 0.3
