@@ -450,7 +450,7 @@ def snapshot_to_wire(s: Snapshot) -> list[Any]:
     ]
 
 
-def _body(msg: ControlMessage) -> tuple[str, list[Any]]:  # noqa: C901 - one flat dispatch
+def _body(msg: ControlMessage) -> tuple[str, list[Any]]:
     if isinstance(msg, Hello):
         return "hello", [list(msg.addrs), msg.region, msg.version, msg.role]
     if isinstance(msg, SignedHeartbeat):
@@ -598,7 +598,9 @@ def snapshot_from_wire(x: Any) -> Snapshot:
         addrs=_strs(f[4], "snapshot addrs", MAX_ADDRS, MAX_ADDR),
         coord=_opt_coord(f[5]),
         regions=tuple(_region(r) for r in _list(f[6], "snapshot regions", MAX_REGIONS)),
-        counters=tuple(sorted((_str(k, "counter", 64), _int(v, "counter value")) for k, v in counters.items())),
+        counters=tuple(
+            sorted((_str(k, "counter", 64), _int(v, "counter value")) for k, v in counters.items())
+        ),
     )
 
 
@@ -649,7 +651,7 @@ def _decode_election(mtype: str, f: Any) -> ElectionMessage:
     return Release(_str(f[0], "region", MAX_REGION), _int(f[1], "epoch"), _str(f[2], "candidate", MAX_PEER))
 
 
-def _decode_rest(mtype: str, f: Any) -> ControlMessage:  # noqa: C901 - one flat dispatch
+def _decode_rest(mtype: str, f: Any) -> ControlMessage:
     if mtype == "hello":
         f = _fields(f, 4, "hello")
         return Hello(
@@ -673,7 +675,11 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:  # noqa: C901 - one flat
         for s in _list(f[4], "load samples", MAX_SAMPLES):
             sf = _fields(s, 3, "load sample")
             samples.append(
-                (_str(sf[0], "sample kind", MAX_KIND), _int(sf[1], "sample count"), _float(sf[2], "sample s", 0.0, 3600.0))
+                (
+                    _str(sf[0], "sample kind", MAX_KIND),
+                    _int(sf[1], "sample count"),
+                    _float(sf[2], "sample s", 0.0, 3600.0),
+                )
             )
         return LoadReport(
             _int(f[0], "seq"),
@@ -688,7 +694,11 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:  # noqa: C901 - one flat
         for o in _list(f[8], "observed latencies", MAX_SAMPLES):
             of = _fields(o, 3, "observed latency")
             observed.append(
-                (_str(of[0], "worker", MAX_PEER), _str(of[1], "kind", MAX_KIND), _float(of[2], "latency", 0.0, 3600.0))
+                (
+                    _str(of[0], "worker", MAX_PEER),
+                    _str(of[1], "kind", MAX_KIND),
+                    _float(of[2], "latency", 0.0, 3600.0),
+                )
             )
         return LeaseRequest(
             request_id=_int(f[0], "request id"),
@@ -716,7 +726,9 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:  # noqa: C901 - one flat
         )
     if mtype == "lref":
         f = _fields(f, 3, "lease refusal")
-        return LeaseRefused(_int(f[0], "request id"), _str(f[1], "code", 64), _str(f[2], "message", MAX_TEXT, empty=True))
+        return LeaseRefused(
+            _int(f[0], "request id"), _str(f[1], "code", 64), _str(f[2], "message", MAX_TEXT, empty=True)
+        )
     if mtype == "lredir":
         f = _fields(f, 4, "lease redirect")
         return LeaseRedirect(
@@ -755,7 +767,9 @@ def decode(body: bytes) -> ControlMessage:
         raise ProtocolError("control frame must be [version, type, fields]")
     version, mtype, fields = obj
     if isinstance(version, bool) or version != VERSION:
-        raise UnsupportedVersionError(f"control protocol version {version!r} is not supported (we speak {VERSION})")
+        raise UnsupportedVersionError(
+            f"control protocol version {version!r} is not supported (we speak {VERSION})"
+        )
     if not isinstance(mtype, str):
         raise ProtocolError("control message type must be a string")
     try:
@@ -775,3 +789,52 @@ def decoder() -> FrameDecoder:
 
 def caps_dict(caps: tuple[tuple[str, int], ...]) -> Mapping[str, int]:
     return dict(caps)
+
+
+# ---------------------------------------------------------------- region summaries
+
+
+def region_to_wire(r: RegionView) -> list[Any]:
+    return _region_to_wire(r)
+
+
+def region_from_wire(x: Any) -> RegionView:
+    return _region(x)
+
+
+def encode_summary_payload(view: RegionView, seq: int) -> bytes:
+    """The payload a coordinator signs (``DOMAIN_SUMMARY``) and gossips on ``/p2c2r/summaries``."""
+    out: bytes = msgpack.packb([VERSION, seq, _region_to_wire(view)], use_bin_type=True)
+    return out
+
+
+def decode_summary_payload(payload: bytes) -> tuple[RegionView, int]:
+    """Strict inverse of ``encode_summary_payload``; the coordinator field names the signer."""
+    f = _fields(_unpack(payload, MAX_GOSSIP_DATA), 3, "summary")
+    if isinstance(f[0], bool) or f[0] != VERSION:
+        raise UnsupportedVersionError(f"summary version {f[0]!r} is not supported")
+    view = _region(f[2])
+    if view.coordinator is None:
+        raise ProtocolError("a summary must name its coordinator")
+    return view, _int(f[1], "summary seq")
+
+
+# ---------------------------------------------------------------- heartbeat envelopes
+
+
+def encode_heartbeat_payload(heartbeat: bytes, addrs: tuple[str, ...]) -> bytes:
+    """What a member signs (``DOMAIN_HEARTBEAT``): its heartbeat plus its dialable addresses.
+
+    ``mesh.membership.Heartbeat`` has a fixed wire form without addresses; members learned
+    through gossip must still be dialable for the election's direct messages, so the signed
+    envelope carries them (signed, so a forwarder cannot redirect anyone).
+    """
+    out: bytes = msgpack.packb([VERSION, heartbeat, list(addrs[:MAX_ADDRS])], use_bin_type=True)
+    return out
+
+
+def decode_heartbeat_payload(payload: bytes) -> tuple[bytes, tuple[str, ...]]:
+    f = _fields(_unpack(payload, 8192), 3, "heartbeat envelope")
+    if isinstance(f[0], bool) or f[0] != VERSION:
+        raise UnsupportedVersionError(f"heartbeat envelope version {f[0]!r} is not supported")
+    return _bytes(f[1], "heartbeat", 4096), _strs(f[2], "heartbeat addrs", MAX_ADDRS, MAX_ADDR)

@@ -92,6 +92,9 @@ def load_or_create(path: str | os.PathLike[str]) -> Identity:
     ident = Identity.generate()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder for key file {p}: {exc.strerror or exc}") from exc
+    try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return load_or_create(p)  # another process created it between our check and open
@@ -127,7 +130,11 @@ def peer_id_to_str(peer_id_bytes: bytes) -> str:
 
 
 def peer_id_from_str(text: str) -> bytes:
+    """Parse a base58 peer id; only ids that embed an Ed25519 key (``12D3KooW...``) are ours."""
     try:
-        return ID.from_base58(text).to_bytes()
+        raw = ID.from_base58(text).to_bytes()
     except Exception as exc:
         raise ConfigError(f"{text!r} is not a peer id") from exc
+    if not isinstance(ID(raw).extract_public_key(), Ed25519PublicKey):
+        raise ConfigError(f"{text!r} is not a peer id (expected an Ed25519 id such as 12D3KooW...)")
+    return raw

@@ -18,6 +18,9 @@ it. Every workaround for a py-libp2p 0.8.1 bug lives here, each named:
   first connection installs a stderr handler on the root logger when the root has none.
   We turn propagation back on (our handlers decide what is shown) and make sure the root
   logger has a handler before the first host starts.
+- **A reset reads as EOF**: yamux forgets a stream once its RST arrives, so the next
+  read raises ``StreamEOF``, not ``StreamReset``; ``Libp2pStream.read`` checks the muxed
+  stream's ``reset_received`` and raises ``ConnectionLostError``, as the port promises.
 - **Large messages fail in library helpers** (``read_exactly`` gives up after 100 partial
   reads): we never use them; ``nodes`` frames its own stream with ``mesh.wire`` and writes
   in chunks of <= 1 MiB (``mesh.transport.write_chunked``).
@@ -107,7 +110,11 @@ class Libp2pStream:
     async def read(self, max_bytes: int = 65536) -> bytes:
         try:
             data: bytes = await self._s.read(max_bytes)
-        except StreamEOF:
+        except StreamEOF as exc:
+            # yamux drops a stream's bookkeeping as soon as its RST arrives, so a later
+            # read says EOF; the muxed stream still knows it was reset.
+            if getattr(getattr(self._s, "muxed_stream", None), "reset_received", False) is True:
+                raise ConnectionLostError(f"stream from {ID(self._peer)} lost: reset by peer") from exc
             return b""
         except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLostError(

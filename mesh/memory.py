@@ -118,6 +118,11 @@ class _Pipe:
         self.write_error: str | None = None
         self.lot = trio.lowlevel.ParkingLot()
 
+    @property
+    def finished(self) -> bool:
+        """Nothing more will ever be read from this pipe (EOF or failure, nothing buffered)."""
+        return (self.eof_at is not None or self.read_error is not None) and not self.segments
+
     def wake(self) -> None:
         self.lot.unpark_all()
 
@@ -289,6 +294,8 @@ class _Connection:
         remote = self.other(opener)
         out = _Pipe(self, opener.peer_id, remote.peer_id, capacity)
         back = _Pipe(self, remote.peer_id, opener.peer_id, capacity)
+        # Forget finished streams, so a long simulation does not accumulate them.
+        self.pipes = [p for p in self.pipes if not p.finished]
         self.pipes += [out, back]
         local_end = MemoryStream(self, opener.peer_id, remote.peer_id, back, out)
         remote_end = MemoryStream(self, remote.peer_id, opener.peer_id, out, back)
@@ -304,7 +311,7 @@ class _Connection:
         self.network.link_stats(self.a.peer_id, self.b.peer_id).drops += 1
         self.network.link_stats(self.b.peer_id, self.a.peer_id).drops += 1
         for pipe in self.pipes:
-            pipe.fail(reason)
+            pipe.fail(reason, keep_until=-math.inf)  # like a TCP RST: unread bytes are lost
         self.pipes.clear()
 
 
@@ -472,7 +479,8 @@ class MemoryNetwork:
         if identity is None:
             seed = hashlib.sha256(f"p2c2r-memory/{self.seed}/{index}".encode()).digest()
             identity = Identity.from_seed(seed)
-        if identity.peer_id_bytes in self._by_peer:
+        old = self._by_peer.get(identity.peer_id_bytes)
+        if old is not None and old.running:  # a stopped one may restart, at a new address
             raise ConfigError(f"peer {peer_id_to_str(identity.peer_id_bytes)} is already on this network")
         host = MemoryHost(self, identity, index)
         self._hosts.append(host)

@@ -51,6 +51,9 @@ MAX_ITEMS_PER_FRAME = 65536
 MAX_KIND_LEN = 64
 MAX_PARAMS = 64
 MAX_MESSAGE_LEN = 4096
+#: Bytes a record adds to its frame besides payload, kind and parameters (generous), so
+#: senders can refuse a record that could never fit in a peer's ``max_frame``.
+RECORD_OVERHEAD = 256
 
 _HEADER = struct.Struct(">I")
 
@@ -165,6 +168,12 @@ def decompress_payload(data: bytes, enc: int, limit: int) -> bytes:
 
 def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def packed_params(params: dict[str, Any]) -> bytes:
+    """Parameters as they travel in a task record (msgpack)."""
+    packed: bytes = msgpack.packb(params, use_bin_type=True)
+    return packed
 
 
 def params_digest(params: dict[str, Any]) -> bytes:

@@ -1,10 +1,12 @@
 """The ``p2c2r`` command line: the only place that reads flags, files and the environment.
 
-    p2c2r id [--key-file F]
-    p2c2r node run [--listen MULTIADDR] [--key-file F] [--peer MULTIADDR ...] [--config node.toml]
-    p2c2r submit KIND [--peer MULTIADDR] [--param k=v ...] [--input FILE] [--output FILE]
-    p2c2r demo [--workers N] [--tasks M] [--json PATH]
-    p2c2r kinds
+p2c2r id [--key-file F]
+p2c2r node run [--listen MULTIADDR] [--key-file F] [--peer MULTIADDR ...] [--config node.toml]
+               [--bootstrap MULTIADDR ...] [--region NAME] [--voter PEERID ...] [--mdns]
+p2c2r status [--peer MULTIADDR] [--json]
+p2c2r submit KIND [--peer MULTIADDR] [--param k=v ...] [--input FILE] [--output FILE]
+p2c2r demo [--workers N] [--tasks M] [--json PATH]
+p2c2r kinds
 """
 
 from __future__ import annotations
@@ -88,12 +90,14 @@ def _node_config(args: argparse.Namespace) -> Any:
     conf = _load_toml(args.config)
     node_t = conf.get("node", {})
     worker_t = conf.get("worker", {})
-    known_node = {"listen", "key_file", "peers"}
+    known_node = {"listen", "key_file", "peers", "bootstrap", "region", "voters", "mdns"}
     known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib"}
     for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
         extra = sorted(set(table) - known)
         if extra:
-            raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(extra)} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown key(s) in [{name}]: {', '.join(extra)} (known: {', '.join(sorted(known))})"
+            )
     listen = args.listen or node_t.get("listen") or ["/ip4/0.0.0.0/tcp/4001"]
     if isinstance(listen, str):
         listen = [listen]
@@ -112,7 +116,23 @@ def _node_config(args: argparse.Namespace) -> Any:
     max_frame_mib = args.max_frame_mib or worker_t.get("max_frame_mib")
     if max_frame_mib:
         wc = replace(wc, max_frame=int(float(max_frame_mib) * 1024 * 1024))
-    return NodeConfig(key_file=key_file, host=HostConfig(listen=tuple(listen)), worker=wc, peers=peers)
+    from nodes.control import ControlConfig
+
+    bootstrap = tuple(args.bootstrap or node_t.get("bootstrap", []))
+    voters = tuple(args.voter or node_t.get("voters", []))
+    from mesh.identity import peer_id_from_str
+
+    for v in voters:
+        peer_id_from_str(v)  # a typo in a voter id is a config error, not a silent dead region
+    control = ControlConfig(region=args.region or node_t.get("region"), voters=voters, bootstrap=bootstrap)
+    return NodeConfig(
+        key_file=key_file,
+        host=HostConfig(listen=tuple(listen)),
+        worker=wc,
+        peers=peers,
+        control=control,
+        mdns=bool(args.mdns or node_t.get("mdns", False)),
+    )
 
 
 async def _run_node(args: argparse.Namespace) -> None:
@@ -128,8 +148,17 @@ async def _run_node(args: argparse.Namespace) -> None:
         console.print(f"[bold]p2c2r node[/bold] {node.peer_id}")
         console.print(f"  key file     {config.key_file}")
         console.print(f"  kinds        {', '.join(node.registry.names())}")
-        console.print(f"  executor     {w.executor} x {w.concurrency}, max frame {w.max_frame // (1024 * 1024)} MiB")
-        console.print(f"  security     Noise (plaintext refused), yamux, protocol /p2c2r/task/1.0.0")
+        console.print(
+            f"  executor     {w.executor} x {w.concurrency}, max frame {w.max_frame // (1024 * 1024)} MiB"
+        )
+        console.print("  security     Noise (plaintext refused), yamux, protocol /p2c2r/task/1.0.0")
+        cc = config.control
+        console.print(
+            f"  mesh         region {cc.region or 'auto'}, "
+            f"{len(cc.bootstrap)} bootstrap peer(s), "
+            f"electorate {'configured (' + str(len(cc.voters)) + ')' if cc.voters else 'learned'}"
+            f"{', mDNS' if config.mdns else ''}"
+        )
         for a in addrs:
             print(f"listening on {a}", flush=True)
         state = _home()
@@ -143,7 +172,105 @@ async def _run_node(args: argparse.Namespace) -> None:
                 console.print(f"stopping ({signal.Signals(sig).name}) ...")
                 break
         s = node.worker.stats
-        console.print(f"stopped: {s.completed} tasks served, {s.failed} failed, {s.protocol_errors} protocol errors")
+        console.print(
+            f"stopped: {s.completed} tasks served, {s.failed} failed, {s.protocol_errors} protocol errors"
+        )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return trio.run(_status, args)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from nodes.mesh_client import fetch_status
+
+    peer = args.peer or _default_peer()
+    if not peer:
+        raise ConfigError(
+            f"no node to ask: pass --peer MULTIADDR (printed by `p2c2r node run`) or set {ENV_PEER}"
+        )
+    snap = await fetch_status(peer, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(_snapshot_json(snap), indent=2))
+    else:
+        _print_status(snap)
+    return 0
+
+
+def _snapshot_json(snap: Any) -> dict[str, Any]:
+    def coord(c: Any) -> list[float] | None:
+        return None if c is None else [c.x, c.y, c.height]
+
+    return {
+        "peer": snap.peer,
+        "region": snap.region,
+        "role": snap.role,
+        "version": snap.version,
+        "addrs": list(snap.addrs),
+        "coord": coord(snap.coord),
+        "counters": dict(snap.counters),
+        "regions": [
+            {
+                "region": r.region,
+                "coordinator": r.coordinator,
+                "epoch": r.epoch,
+                "voters": list(r.voters),
+                "coordinator_addrs": list(r.coordinator_addrs),
+                "free": dict(r.free),
+                "centroid": coord(r.centroid),
+                "age_s": round(r.age_s, 3),
+                "members": [
+                    {
+                        "peer": m.peer,
+                        "state": m.state,
+                        "load": m.load,
+                        "queue": m.queue_depth,
+                        "capacity": dict(m.capacity),
+                        "rtt_ms": None if m.rtt_s is None else round(m.rtt_s * 1000, 3),
+                        "coord": coord(m.coord),
+                        "addrs": list(m.addrs),
+                        "version": m.version,
+                    }
+                    for m in r.members
+                ],
+            }
+            for r in snap.regions
+        ],
+    }
+
+
+def _print_status(snap: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{snap.peer}[/bold]  region {snap.region or '-'}  role {snap.role}  v{snap.version}")
+    regions = Table(title="regions")
+    for col in ("region", "coordinator", "epoch", "members", "free slots", "voters", "age"):
+        regions.add_column(col)
+    for r in snap.regions:
+        regions.add_row(
+            r.region,
+            r.coordinator or "(none)",
+            str(r.epoch),
+            str(len(r.members)),
+            ", ".join(f"{k}={n}" for k, n in r.free) or "-",
+            str(len(r.voters)),
+            f"{r.age_s:.1f}s",
+        )
+    console.print(regions)
+    members = Table(title="members")
+    for col in ("region", "peer", "state", "load", "queue", "est. RTT", "role"):
+        members.add_column(col)
+    for r in snap.regions:
+        for m in r.members:
+            role = "coordinator" if m.peer == r.coordinator else ("voter" if m.peer in r.voters else "")
+            rtt = "-" if m.rtt_s is None else f"{m.rtt_s * 1000:.2f} ms"
+            members.add_row(r.region, m.peer, m.state, f"{m.load:.2f}", str(m.queue_depth), rtt, role)
+    console.print(members)
+    dropped = {k: v for k, v in snap.counters if v}
+    if dropped:
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:
@@ -168,7 +295,9 @@ async def _submit(args: argparse.Namespace) -> int:
 
     peer = args.peer or _default_peer()
     if not peer:
-        raise ConfigError(f"no peer to send to: pass --peer MULTIADDR (printed by `p2c2r node run`) or set {ENV_PEER}")
+        raise ConfigError(
+            f"no peer to send to: pass --peer MULTIADDR (printed by `p2c2r node run`) or set {ENV_PEER}"
+        )
     params = dict(_parse_param(p) for p in args.param or [])
     data = b""
     if args.input:
@@ -239,7 +368,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2c2r", description="P2C2R: a peer-to-peer compute mesh for games")
-    p.add_argument("--log-level", default=os.environ.get("P2C2R_LOG", "warning"), help="debug, info, warning, error")
+    p.add_argument(
+        "--log-level", default=os.environ.get("P2C2R_LOG", "warning"), help="debug, info, warning, error"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("id", help="print this node's peer id (creates the key on first use)")
@@ -255,7 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, help="kernels run at once (default: one per core)")
     s.add_argument("--executor", choices=["thread", "process"], help="where kernels run (default thread)")
     s.add_argument("--max-frame-mib", type=float, help="largest frame accepted, MiB (default 64)")
+    s.add_argument("--bootstrap", action="append", help="join the mesh through this multiaddr (repeatable)")
+    s.add_argument("--region", help="region to join (default: the nearest known region, else 'default')")
+    s.add_argument(
+        "--voter",
+        action="append",
+        help="peer id of a region voter (repeatable; default: learn the electorate)",
+    )
+    s.add_argument("--mdns", action="store_true", help="find peers on the LAN with mDNS")
     s.set_defaults(func=cmd_node_run)
+
+    s = sub.add_parser("status", help="show regions, coordinators, members, load and latencies")
+    s.add_argument(
+        "--peer", help=f"node multiaddr to ask (default ${ENV_PEER} or the last node started here)"
+    )
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("submit", help="run one task on a node and print the verified result")
     s.add_argument("kind", help="task kind (see `p2c2r kinds`)")

@@ -46,6 +46,7 @@ from mesh import wire
 from mesh.errors import (
     CancelledTaskError,
     ConnectionLostError,
+    LimitExceededError,
     P2C2RError,
     ProtocolError,
     RejectedError,
@@ -190,6 +191,8 @@ class GamerClient:
         self._seq = itertools.count()
         self._reaper_scope: trio.CancelScope | None = None
         self._links_changed = trio.Event()
+        #: The mesh control-plane client (``nodes.mesh_client.MeshClient``) when joined by bootstrap.
+        self.mesh: Any = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -202,11 +205,15 @@ class GamerClient:
         host: Host | None = None,
         identity: Identity | None = None,
         config: GamerConfig = GamerConfig(),
+        bootstrap: Sequence[str] = (),
+        region: str | None = None,
     ) -> AsyncIterator[GamerClient]:
         """Open a client connected to the workers at ``peers`` (``/p2p/`` multiaddrs).
 
         Without ``host``, runs its own py-libp2p host (TCP, Noise, yamux) with a fresh
-        identity unless one is given.
+        identity unless one is given. With ``bootstrap`` multiaddrs, joins the mesh
+        (``nodes.mesh_client``): finds the region's coordinator, holds placement leases and
+        connects to the leased workers, failing over when the coordinator disappears.
         """
         async with AsyncExitStack() as stack:
             if host is None:
@@ -219,6 +226,10 @@ class GamerClient:
             try:
                 for addr in peers:
                     await client.add_worker(addr)
+                if bootstrap:
+                    from nodes.mesh_client import join_mesh
+
+                    client.mesh = await join_mesh(client, nursery, bootstrap, region=region)
                 yield client
             finally:
                 client._fail_all(UnavailableError("the client was closed before the task completed"))
@@ -259,6 +270,7 @@ class GamerClient:
         """Send one task; ``deadline`` is seconds from now (default ``default_deadline_s``)."""
         pending = self._new_pending(kind, data, params, deadline)
         await self._dispatch(pending)
+        await trio.lowlevel.checkpoint()
         return pending.handle
 
     async def submit_many(
@@ -271,8 +283,9 @@ class GamerClient:
         handles = []
         for kind, data, params in items:
             pending = self._new_pending(kind, data, params, deadline)
-            await self._dispatch(pending)
+            await self._dispatch(pending)  # yields only when a send queue is full
             handles.append(pending.handle)
+        await trio.lowlevel.checkpoint()
         return handles
 
     async def map(
@@ -288,12 +301,19 @@ class GamerClient:
         return [await h.result() for h in handles]
 
     async def run(
-        self, kind: str, data: bytes = b"", params: dict[str, Any] | None = None, *, deadline: float | None = None
+        self,
+        kind: str,
+        data: bytes = b"",
+        params: dict[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> bytes:
         """Submit one task and wait for its verified output."""
         return await (await self.submit(kind, data, params, deadline=deadline)).result()
 
-    def _new_pending(self, kind: str, data: bytes, params: dict[str, Any] | None, deadline: float | None) -> _Pending:
+    def _new_pending(
+        self, kind: str, data: bytes, params: dict[str, Any] | None, deadline: float | None
+    ) -> _Pending:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"task data must be bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -304,6 +324,13 @@ class GamerClient:
             raise ValueError("deadline must be a positive number of seconds")
         task_id = os.urandom(wire.TASK_ID_LEN)
         payload, enc = wire.compress_payload(data)
+        framed = len(payload) + len(kind) + len(wire.packed_params(params)) + wire.RECORD_OVERHEAD
+        if max(len(data), framed) > self.config.max_frame:
+            # A frame over the worker's limit makes it reset the stream, failing every
+            # task on it, and the resubmission would do the same to the next worker.
+            raise LimitExceededError(
+                f"task input of {len(data)} bytes does not fit in a frame of {self.config.max_frame} bytes"
+            )
         record = wire.TaskRecord(task_id, kind, params, payload, enc, budget_ms=max(1, int(budget * 1000)))
         handle = TaskHandle(task_id, kind, now)
         handle._cancel_hook = self._cancel
@@ -333,13 +360,19 @@ class GamerClient:
         link.pending[pending.handle.task_id] = pending
         budget_ms = max(1, int((pending.deadline - trio.current_time()) * 1000))
         rec = pending.record
+        record = wire.TaskRecord(rec.task_id, rec.kind, rec.params, rec.data, rec.enc, budget_ms)
         try:
-            await link.send.send(wire.TaskRecord(rec.task_id, rec.kind, rec.params, rec.data, rec.enc, budget_ms))
+            # Queue without yielding when there is room, so tasks submitted together
+            # reach the writer together and travel in one frame.
+            try:
+                link.send.send_nowait(record)
+            except trio.WouldBlock:
+                await link.send.send(record)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The link died between picking and sending; its failover will not see this
-            # task (we registered it after), so resubmit it here.
-            link.pending.pop(pending.handle.task_id, None)
-            await self._retry(pending, link, "worker connection closed")
+            # The link died while we waited to queue; unless its failover already took
+            # this task (and placed it elsewhere), resubmit it here.
+            if link.pending.pop(pending.handle.task_id, None) is not None:
+                await self._retry(pending, link, "worker connection closed")
 
     # ------------------------------------------------------------------ completion
 
@@ -393,7 +426,9 @@ class GamerClient:
         """One task enforces every deadline (a heap), instead of one timer per task."""
         task_status.started()
         while True:
-            with trio.CancelScope(deadline=self._deadlines[0][0] if self._deadlines else _NO_DEADLINE) as scope:
+            with trio.CancelScope(
+                deadline=self._deadlines[0][0] if self._deadlines else _NO_DEADLINE
+            ) as scope:
                 self._reaper_scope = scope
                 await trio.sleep_forever()
             self._reaper_scope = None
@@ -436,8 +471,10 @@ class GamerClient:
         link.send.close()
         log.info("lost worker %s: %s", link.name, why)
         for tid in sorted(link.pending):
-            pending = link.pending.pop(tid)
-            await self._retry(pending, link, why)
+            # A dispatch blocked on this link's queue may have taken its task back meanwhile.
+            pending = link.pending.pop(tid, None)
+            if pending is not None:
+                await self._retry(pending, link, why)
 
     async def _write_link(self, link: _WorkerLink) -> None:
         async for first in link.recv:
@@ -449,6 +486,10 @@ class GamerClient:
                 if isinstance(item, bytes):
                     parts.append(item)
                 elif item.task_id in self._pending:  # skip tasks cancelled or expired while queued
+                    if batch and size + len(item.data) > self.config.max_batch_bytes:
+                        # Never pile a big task onto a batch: the frame could pass max_frame.
+                        await write_chunked(link.stream, wire.encode_tasks(batch))
+                        batch, size = [], 0
                     batch.append(item)
                     size += len(item.data)
                 if size >= self.config.max_batch_bytes or len(batch) >= self.config.max_batch_tasks:
@@ -572,7 +613,12 @@ class SyncGamerClient:
             await self._stop.wait()
 
     def submit(
-        self, kind: str, data: bytes = b"", params: dict[str, Any] | None = None, *, deadline: float | None = None
+        self,
+        kind: str,
+        data: bytes = b"",
+        params: dict[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> concurrent.futures.Future[bytes]:
         """Hand a task to the client thread; returns at once with a future."""
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
@@ -601,13 +647,23 @@ class SyncGamerClient:
         return fut
 
     def run(
-        self, kind: str, data: bytes = b"", params: dict[str, Any] | None = None, *, deadline: float | None = None
+        self,
+        kind: str,
+        data: bytes = b"",
+        params: dict[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> bytes:
         """Submit and block until the verified output (or a typed error) is in."""
         return self.submit(kind, data, params, deadline=deadline).result()
 
     def map(
-        self, kind: str, inputs: Iterable[bytes], params: dict[str, Any] | None = None, *, deadline: float | None = None
+        self,
+        kind: str,
+        inputs: Iterable[bytes],
+        params: dict[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> list[bytes]:
         futs = [self.submit(kind, d, params, deadline=deadline) for d in inputs]
         return [f.result() for f in futs]

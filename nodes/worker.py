@@ -35,6 +35,7 @@ from mesh import wire
 from mesh.errors import (
     ConnectionLostError,
     FrameTooLargeError,
+    LimitExceededError,
     P2C2RError,
     ProtocolError,
     RejectedError,
@@ -78,7 +79,9 @@ class WorkerStats:
     per_kind: dict[str, int] = field(default_factory=dict)
 
 
-def _execute(kind: TaskKind, params: dict[str, Any], data: bytes, enc: int, max_frame: int) -> tuple[bytes, bytes, bytes]:
+def _execute(
+    kind: TaskKind, params: dict[str, Any], data: bytes, enc: int, max_frame: int
+) -> tuple[bytes, bytes, bytes]:
     """Decode, compute and hash one task: returns (input digest, output digest, output)."""
     raw = wire.decompress_payload(data, enc, max_frame)
     output = kind.execute(params, raw)
@@ -103,7 +106,9 @@ def _execute_by_name(
 class Worker:
     """Serves tasks on a host. Start with ``await nursery.start(worker.run)``."""
 
-    def __init__(self, host: Host, identity: Identity, registry: Registry, config: WorkerConfig = WorkerConfig()):
+    def __init__(
+        self, host: Host, identity: Identity, registry: Registry, config: WorkerConfig = WorkerConfig()
+    ):
         self.host = host
         self.identity = identity
         self.registry = registry
@@ -158,7 +163,9 @@ class Worker:
     async def handle_stream(self, stream: Stream) -> None:
         peer = peer_id_to_str(stream.remote_peer)
         self.stats.streams += 1
-        send, recv = trio.open_memory_channel[wire.ResultRecord | wire.ErrorRecord | bytes](self.config.max_queued)
+        send, recv = trio.open_memory_channel[wire.ResultRecord | wire.ErrorRecord | bytes](
+            self.config.max_queued
+        )
         outcome: list[str] = []
 
         async def reader() -> None:
@@ -226,17 +233,23 @@ class Worker:
                         if self._queued >= self.config.max_queued:
                             self.stats.rejected += 1
                             await send.send(
-                                wire.ErrorRecord(task.task_id, RejectedError.code, "worker is over capacity; try another")
+                                wire.ErrorRecord(
+                                    task.task_id, RejectedError.code, "worker is over capacity; try another"
+                                )
                             )
                             continue
                         self._queued += 1
-                        nursery.start_soon(self._serve_task, task, stream.remote_peer, send.clone(), trio.current_time())
+                        nursery.start_soon(
+                            self._serve_task, task, stream.remote_peer, send.clone(), trio.current_time()
+                        )
                 elif frame.type == "C":
                     pass  # cancellation of queued work is best effort; results are dropped by the gamer
                 else:
                     self.stats.protocol_errors += 1
                     log.warning("peer %s sent a %r frame on a task stream", peer, frame.type)
-                    await send.send(wire.encode_error(ProtocolError.code, f"unexpected frame type {frame.type!r}"))
+                    await send.send(
+                        wire.encode_error(ProtocolError.code, f"unexpected frame type {frame.type!r}")
+                    )
 
     async def _serve_task(
         self,
@@ -278,6 +291,12 @@ class Worker:
                     self.stats.busy_s += trio.current_time() - t0
             if scope.cancelled_caught:
                 raise TaskTimeoutError(f"deadline passed before {task.kind} ran; result would be late")
+        if len(output) + wire.RECORD_OVERHEAD > self.config.max_frame:
+            # Sent anyway, the frame would be refused by the gamer's decoder and cost the
+            # whole stream; a typed error costs only this task.
+            raise LimitExceededError(
+                f"{task.kind} output of {len(output)} bytes does not fit in a frame of {self.config.max_frame}"
+            )
         self.stats.per_kind[task.kind] = self.stats.per_kind.get(task.kind, 0) + 1
         # Wall-clock time is an attestation in the receipt, not used for any timing logic.
         ts_ms = int(time.time() * 1000)
@@ -303,7 +322,9 @@ class Worker:
             return await trio.to_thread.run_sync(
                 _execute, kind, params, task.data, task.enc, self.config.max_frame, abandon_on_cancel=True
             )
-        fut = self._executor.submit(_execute_by_name, task.kind, params, task.data, task.enc, self.config.max_frame)
+        fut = self._executor.submit(
+            _execute_by_name, task.kind, params, task.data, task.enc, self.config.max_frame
+        )
         return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
 
     async def _write_loop(
@@ -325,8 +346,13 @@ class Worker:
                     if isinstance(nxt, bytes):
                         raw_frames.append(nxt)
                         continue
+                    n = len(nxt.output) if isinstance(nxt, wire.ResultRecord) else 64
+                    if size + n > self.config.max_batch_bytes:
+                        # Never pile a big result onto a batch: the frame could pass max_frame.
+                        await write_chunked(stream, wire.encode_results(batch))
+                        batch, size = [], 0
                     batch.append(nxt)
-                    size += len(nxt.output) if isinstance(nxt, wire.ResultRecord) else 64
+                    size += n
                 await write_chunked(stream, wire.encode_results(batch))
                 for f in raw_frames:
                     await write_chunked(stream, f)

@@ -118,7 +118,9 @@ def bench_p2c2r(quick: bool) -> dict[str, Any]:
                             lat.append((time.perf_counter() - t) * 1000)
                         res["seq_p50_ms"], res["seq_p99_ms"] = pct(lat, 50), pct(lat, 99)
                         t = time.perf_counter()
-                        handles = await g.submit_many([("echo", i.to_bytes(8, "big"), None) for i in range(n_tiny)])
+                        handles = await g.submit_many(
+                            [("echo", i.to_bytes(8, "big"), None) for i in range(n_tiny)]
+                        )
                         for h in handles:
                             await h.result()
                         res["tiny_tasks_per_s"] = round(n_tiny / (time.perf_counter() - t), 1)
@@ -225,7 +227,11 @@ def bench_dask(quick: bool) -> dict[str, Any]:
     return res
 
 
-SYSTEMS: dict[str, Callable[[bool], dict[str, Any]]] = {"p2c2r": bench_p2c2r, "ray": bench_ray, "dask": bench_dask}
+SYSTEMS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "p2c2r": bench_p2c2r,
+    "ray": bench_ray,
+    "dask": bench_dask,
+}
 FIGURES = [
     ("seq_p50_ms", "tiny task p50 ms", "lower"),
     ("seq_p99_ms", "tiny task p99 ms", "lower"),
@@ -277,7 +283,9 @@ def main() -> int:
         table.add_row(*row)
     console.print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ratios_p2c2r_over_peer": ratios}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"results": results, "ratios_p2c2r_over_peer": ratios}, indent=2) + "\n"
+        )
         console.print(f"written to {args.json}")
     return 0
 

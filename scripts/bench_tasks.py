@@ -32,8 +32,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers  # noqa: E402
-from nodes.gamer import GamerClient, GamerConfig  # noqa: E402
+from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
+from nodes.gamer import GamerClient, GamerConfig
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -49,7 +49,12 @@ async def sequential(addr: str, n: int) -> dict[str, Any]:
             t = time.perf_counter()
             await g.run("echo", i.to_bytes(8, "big") * 8)
             lat.append((time.perf_counter() - t) * 1000)
-    return {"tasks": n, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "mean_ms": round(float(np.mean(lat)), 3)}
+    return {
+        "tasks": n,
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "mean_ms": round(float(np.mean(lat)), 3),
+    }
 
 
 async def throughput(addrs: list[str], n: int, config: GamerConfig, in_flight: int) -> dict[str, Any]:
@@ -73,7 +78,12 @@ async def throughput(addrs: list[str], n: int, config: GamerConfig, in_flight: i
                 await sem.acquire()
                 nursery.start_soon(one, i)
         wall = time.perf_counter() - t
-    return {"tasks": n, "in_flight": in_flight, "tasks_per_s": round(done / wall, 1), "wall_s": round(wall, 3)}
+    return {
+        "tasks": n,
+        "in_flight": in_flight,
+        "tasks_per_s": round(done / wall, 1),
+        "wall_s": round(wall, 3),
+    }
 
 
 async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
@@ -158,7 +168,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 for p in procs:
                     drains.start_soon(_drain, p.proc)
                 addrs = [p.addr for p in procs]
-                res: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "transport": "py-libp2p TCP+Noise+yamux"}
+                res: dict[str, Any] = {
+                    "machine": {"cpus": os.cpu_count()},
+                    "transport": "py-libp2p TCP+Noise+yamux",
+                }
                 res["sequential"] = await sequential(addrs[0], 500 if quick else 3000)
                 print("sequential", res["sequential"], flush=True)
                 n = 3000 if quick else 20000

@@ -1,0 +1,493 @@
+"""The SDK side of the control plane: bootstrap -> region -> coordinator -> leases -> workers.
+
+``join_mesh(gamer, nursery, bootstrap)`` (what ``GamerClient.connect(bootstrap=[...])``
+calls) starts a ``MeshClient`` that
+
+1. connects to the bootstrap addresses and asks each for its status (regions, their
+   coordinators and members, with addresses);
+2. picks the region: the configured one, else the one whose coordinator answers pings
+   fastest;
+3. asks the region's coordinator for placement leases (``workers_per_kind`` per kind) and
+   connects the gamer to every leased worker with ``GamerClient.add_worker`` -- task bytes
+   then go straight to the workers; the coordinator only ever sees lease traffic;
+4. renews each lease at half its lifetime (asking for the same worker: affinity), and
+   piggybacks releases of the old leases on the renewals;
+5. fails over: when its coordinator stops answering (link lost, request timed out, "no
+   coordinator"), it asks the region's members who coordinates now, every
+   ``retry_s``; if the region has no coordinator for ``region_failover_s`` it moves to the
+   next-nearest region. A ``LeaseRedirect`` (overflow, or "ask the coordinator") is followed.
+
+Submitted tasks are never lost to a coordinator failure: they travel on worker links that
+do not depend on the coordinator, and the gamer resubmits tasks of a worker that dies to
+another worker it holds. ``fetch_status`` is the one-shot status query used by
+``p2c2r status``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mesh import control_wire as cw
+from mesh.errors import P2C2RError, ProtocolError, UnavailableError
+from mesh.identity import peer_id_from_str, peer_id_to_str
+from mesh.transport import Host, Stream
+
+if TYPE_CHECKING:
+    from nodes.gamer import GamerClient
+
+log = logging.getLogger("p2c2r.mesh_client")
+
+_REPLY_TYPES = (cw.StatusReply, cw.LeaseGrant, cw.LeaseRefused, cw.LeaseRedirect, cw.Pong)
+
+
+@dataclass(frozen=True)
+class MeshClientConfig:
+    region: str | None = None
+    #: Kinds to hold leases for; empty: every kind the region advertises free slots for.
+    kinds: tuple[str, ...] = ()
+    workers_per_kind: int = 2
+    slots: int = 1
+    #: Deadline (s) given to the coordinator for placing a lease request.
+    within_s: float = 1.0
+    request_timeout_s: float = 1.0
+    retry_s: float = 0.2
+    region_failover_s: float = 3.0
+    #: Renew a lease when this fraction of its lifetime is left.
+    renew_at: float = 0.5
+    join_timeout_s: float = 15.0
+
+
+class ControlLink:
+    """One client control stream to one peer: requests tagged with ids, replies routed back."""
+
+    def __init__(self, peer: bytes, stream: Stream) -> None:
+        self.peer = peer
+        self.name = peer_id_to_str(peer)
+        self.stream = stream
+        self.alive = True
+        self._waiters: dict[int, tuple[trio.Event, list[cw.ControlMessage]]] = {}
+        self._lock = trio.Lock()
+
+    async def run_reader(self) -> None:
+        decoder = cw.decoder()
+        try:
+            while True:
+                data = await self.stream.read(65536)
+                if not data:
+                    break
+                for body in decoder.feed(data):
+                    try:
+                        msg = cw.decode(body)
+                    except ProtocolError as exc:
+                        log.debug("bad control frame from %s: %s", self.name, exc)
+                        continue
+                    if isinstance(msg, _REPLY_TYPES):
+                        rid = msg.nonce if isinstance(msg, cw.Pong) else msg.request_id
+                        w = self._waiters.get(rid)
+                        if w is not None:
+                            w[1].append(msg)
+                            w[0].set()
+        except P2C2RError as exc:
+            log.debug("control link to %s lost: %s", self.name, exc)
+        finally:
+            self.alive = False
+            for event, _ in self._waiters.values():
+                event.set()
+
+    async def send(self, msg: cw.ControlMessage) -> None:
+        async with self._lock:
+            await self.stream.write(cw.encode(msg))
+
+    async def request(self, msg: cw.ControlMessage, rid: int, timeout: float) -> cw.ControlMessage:
+        if not self.alive:
+            raise UnavailableError(f"control link to {self.name} is closed")
+        event = trio.Event()
+        box: list[cw.ControlMessage] = []
+        self._waiters[rid] = (event, box)
+        try:
+            await self.send(msg)
+            with trio.fail_after(timeout):
+                await event.wait()
+        except trio.TooSlowError as exc:
+            raise UnavailableError(f"{self.name} did not answer in {timeout:g} s") from exc
+        finally:
+            self._waiters.pop(rid, None)
+        if not box:
+            raise UnavailableError(f"control link to {self.name} closed before it answered")
+        return box[0]
+
+
+async def open_control_link(
+    host: Host, nursery: trio.Nursery, peer: bytes, addrs: Sequence[str] = ()
+) -> ControlLink:
+    try:
+        stream = await host.open_stream(peer, cw.PROTOCOL_ID)
+    except P2C2RError:
+        if not addrs:
+            raise
+        last: P2C2RError | None = None
+        for a in addrs:
+            try:
+                await host.connect(a)
+                break
+            except P2C2RError as exc:
+                last = exc
+        else:
+            assert last is not None
+            raise last from None
+        stream = await host.open_stream(peer, cw.PROTOCOL_ID)
+    link = ControlLink(peer, stream)
+    await link.send(cw.Hello(tuple(host.listen_addrs())[: cw.MAX_ADDRS], "", "0.1.0", "client"))
+    nursery.start_soon(link.run_reader)
+    return link
+
+
+async def fetch_status(addr: str, *, host: Host | None = None, timeout: float = 5.0) -> cw.Snapshot:
+    """One status query to the node at ``addr`` (``p2c2r status``)."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        if host is None:
+            from mesh.identity import Identity
+            from mesh.libp2p_host import open_host
+
+            host = await stack.enter_async_context(open_host(Identity.generate()))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        link: ControlLink | None = None
+        try:
+            with trio.fail_after(timeout):
+                peer = await host.connect(addr)
+                link = await open_control_link(host, nursery, peer)
+                reply = await link.request(cw.StatusQuery(1), 1, timeout)
+        except trio.TooSlowError as exc:
+            raise UnavailableError(f"{addr} did not answer a status query within {timeout:g} s") from exc
+        finally:
+            nursery.cancel_scope.cancel()
+            if link is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await link.stream.reset()
+        if not isinstance(reply, cw.StatusReply):
+            raise ProtocolError(f"{addr} answered a status query with {type(reply).__name__}")
+        return reply.snapshot
+
+
+@dataclass
+class _Lease:
+    lease_id: int
+    worker: str
+    kind: str
+    expires_at: float
+    renew_at: float
+
+
+@dataclass
+class MeshClientStats:
+    leases_granted: int = 0
+    leases_refused: int = 0
+    redirects: int = 0
+    coordinator_changes: int = 0
+    region_changes: int = 0
+
+
+@dataclass
+class MeshClient:
+    gamer: GamerClient
+    host: Host
+    nursery: trio.Nursery
+    config: MeshClientConfig = field(default_factory=MeshClientConfig)
+    region: str | None = None
+    coordinator: str | None = None
+    stats: MeshClientStats = field(default_factory=MeshClientStats)
+    ready: trio.Event = field(default_factory=trio.Event)
+    _regions: dict[str, cw.RegionView] = field(default_factory=dict)
+    _addrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _links: dict[str, ControlLink] = field(default_factory=dict)
+    _leases: dict[int, _Lease] = field(default_factory=dict)
+    _rids: Any = field(default_factory=lambda: itertools.count(1))
+    _rtt: dict[str, float] = field(default_factory=dict)
+    _to_release: list[int] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ links
+
+    async def _link(self, peer: str) -> ControlLink:
+        link = self._links.get(peer)
+        if link is not None and link.alive:
+            return link
+        link = await open_control_link(
+            self.host, self.nursery, peer_id_from_str(peer), self._addrs.get(peer, ())
+        )
+        self._links[peer] = link
+        return link
+
+    async def _status(self, peer: str) -> cw.Snapshot:
+        rid = next(self._rids)
+        reply = await (await self._link(peer)).request(
+            cw.StatusQuery(rid), rid, self.config.request_timeout_s
+        )
+        if not isinstance(reply, cw.StatusReply):
+            raise ProtocolError("unexpected reply to a status query")
+        self._merge(reply.snapshot)
+        return reply.snapshot
+
+    def _merge(self, snap: cw.Snapshot) -> None:
+        if snap.addrs:
+            self._addrs[snap.peer] = snap.addrs
+        for view in snap.regions:
+            old = self._regions.get(view.region)
+            if old is None or view.epoch >= old.epoch:
+                self._regions[view.region] = view
+            for m in view.members:
+                if m.addrs:
+                    self._addrs[m.peer] = m.addrs
+            if view.coordinator and view.coordinator_addrs:
+                self._addrs[view.coordinator] = view.coordinator_addrs
+
+    # ------------------------------------------------------------------ join
+
+    async def bootstrap(self, addrs: Sequence[str]) -> None:
+        for addr in addrs:
+            try:
+                peer = peer_id_to_str(await self.host.connect(addr))
+                self._addrs[peer] = (addr,)
+                await self._status(peer)
+            except P2C2RError as exc:
+                log.warning("bootstrap %s: %s", addr, exc)
+        if not self._regions:
+            raise UnavailableError(f"no bootstrap peer answered ({', '.join(addrs)})")
+        self.region = self.config.region or await self._nearest_region(exclude=())
+
+    async def _nearest_region(self, exclude: Sequence[str]) -> str:
+        best: tuple[float, str] | None = None
+        for name in sorted(self._regions):
+            view = self._regions[name]
+            if name in exclude or view.coordinator is None:
+                continue
+            rtt = self._rtt.get(name)
+            if rtt is None:
+                try:
+                    link = await self._link(view.coordinator)
+                    t0 = trio.current_time()
+                    rid = next(self._rids)
+                    await link.request(cw.Ping(rid), rid, self.config.request_timeout_s)
+                    rtt = self._rtt[name] = trio.current_time() - t0
+                except P2C2RError:
+                    continue
+            if best is None or (rtt, name) < best:
+                best = (rtt, name)
+        if best is None:
+            raise UnavailableError("no region with a reachable coordinator")
+        return best[1]
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        region_lost_since: float | None = None
+        while True:
+            now = trio.current_time()
+            try:
+                await self._ensure_coordinator()
+                await self._maintain_leases()
+                region_lost_since = None
+                if self.gamer.workers():
+                    self.ready.set()
+                await trio.sleep(self._next_wake() - trio.current_time())
+                continue
+            except P2C2RError as exc:
+                log.info("coordinator of %s unavailable: %s", self.region, exc)
+            if region_lost_since is None:
+                region_lost_since = now
+            elif now - region_lost_since >= self.config.region_failover_s:
+                await self._change_region()
+                region_lost_since = None
+            await trio.sleep(self.config.retry_s)
+
+    def _next_wake(self) -> float:
+        now = trio.current_time()
+        times = [lease.renew_at for lease in self._leases.values()]
+        times.append(now + 1.0)
+        return max(now, min(times))
+
+    async def _ensure_coordinator(self) -> None:
+        coord = self.coordinator
+        if coord is not None:
+            link = self._links.get(coord)
+            if link is not None and link.alive:
+                return
+            try:
+                await self._link(coord)
+                return
+            except P2C2RError:
+                pass
+        # Ask the region's members (and every known node) who coordinates now.
+        view = self._regions.get(self.region or "")
+        asked = 0
+        candidates = [m.peer for m in view.members] if view else []
+        for peer in candidates:
+            if peer == coord:
+                continue
+            try:
+                await self._status(peer)
+                asked += 1
+            except P2C2RError:
+                continue
+            fresh = self._regions.get(self.region or "")
+            if fresh is not None and fresh.coordinator not in (None, coord):
+                break
+        fresh = self._regions.get(self.region or "")
+        if fresh is None or fresh.coordinator is None or fresh.coordinator == coord:
+            raise UnavailableError(
+                f"region {self.region} has no reachable coordinator (asked {asked} members)"
+            )
+        self._set_coordinator(fresh.coordinator)
+        await self._link(fresh.coordinator)
+
+    def _set_coordinator(self, coord: str) -> None:
+        if coord != self.coordinator:
+            log.info("region %s coordinator is now %s", self.region, coord[-8:])
+            self.coordinator = coord
+            self.stats.coordinator_changes += 1
+
+    async def _change_region(self) -> None:
+        assert self.region is not None
+        try:
+            new = await self._nearest_region(exclude=(self.region,))
+        except UnavailableError:
+            return
+        log.warning("moving from region %s to %s", self.region, new)
+        self.region = new
+        self.coordinator = self._regions[new].coordinator
+        self.stats.region_changes += 1
+
+    def _kinds(self) -> list[str]:
+        if self.config.kinds:
+            return list(self.config.kinds)
+        view = self._regions.get(self.region or "")
+        kinds: set[str] = set()
+        if view is not None:
+            kinds.update(k for k, _ in view.free)
+            for m in view.members:
+                kinds.update(k for k, n in m.capacity if n > 0)
+        return sorted(kinds)
+
+    async def _maintain_leases(self) -> None:
+        now = trio.current_time()
+        alive_workers = {peer_id_to_str(p) for p in self.gamer.workers()}
+        for lid in sorted(self._leases):
+            lease = self._leases[lid]
+            if lease.expires_at <= now or lease.worker not in alive_workers:
+                del self._leases[lid]
+                if lease.expires_at > now:
+                    self._to_release.append(lid)
+        for kind in self._kinds():
+            held = [le for le in self._leases.values() if le.kind == kind]
+            for lease in sorted(held, key=lambda le: le.lease_id):
+                if lease.renew_at <= now:
+                    await self._request(kind, affinity=lease.worker, replaces=lease.lease_id)
+            missing = self.config.workers_per_kind - len(
+                {le.worker for le in self._leases.values() if le.kind == kind}
+            )
+            for _ in range(max(0, missing)):
+                if not await self._request(kind, affinity=None, replaces=None):
+                    break
+
+    async def _request(self, kind: str, *, affinity: str | None, replaces: int | None) -> bool:
+        coord = self.coordinator
+        if coord is None:
+            raise UnavailableError("no coordinator")
+        link = await self._link(coord)
+        rid = next(self._rids)
+        release = tuple(self._to_release[: cw.MAX_RELEASES])
+        req = cw.LeaseRequest(rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release)
+        reply = await link.request(req, rid, self.config.request_timeout_s)
+        del self._to_release[: len(release)]
+        now = trio.current_time()
+        if isinstance(reply, cw.LeaseGrant):
+            self.stats.leases_granted += 1
+            if reply.addrs:
+                self._addrs[reply.worker] = reply.addrs
+            try:
+                await self._add_worker(reply.worker)
+            except P2C2RError as exc:
+                log.info("leased worker %s unreachable: %s", reply.worker[-8:], exc)
+                self._to_release.append(reply.lease_id)
+                return False
+            if replaces is not None and replaces in self._leases:
+                del self._leases[replaces]
+                self._to_release.append(replaces)
+            self._leases[reply.lease_id] = _Lease(
+                reply.lease_id,
+                reply.worker,
+                reply.kind,
+                now + reply.ttl_s,
+                now + reply.ttl_s * self.config.renew_at,
+            )
+            return True
+        if isinstance(reply, cw.LeaseRedirect):
+            self.stats.redirects += 1
+            self._addrs[reply.coordinator] = reply.addrs
+            if reply.region == self.region:
+                self._set_coordinator(reply.coordinator)
+                raise UnavailableError("redirected to the region's coordinator")
+            return False  # overflow elsewhere: keep what we hold, ask again later
+        if isinstance(reply, cw.LeaseRefused):
+            self.stats.leases_refused += 1
+            if replaces is not None and replaces in self._leases:
+                self._leases[replaces].renew_at = now + self.config.retry_s * 5
+            if reply.code == UnavailableError.code and "coordinator" in reply.message:
+                self.coordinator = None
+                raise UnavailableError(reply.message)
+            return False
+        raise ProtocolError(f"unexpected reply to a lease request: {type(reply).__name__}")
+
+    async def _add_worker(self, worker: str) -> None:
+        pid = peer_id_from_str(worker)
+        if pid in self.gamer.workers():
+            return
+        addrs = self._addrs.get(worker, ())
+        try:
+            await self.gamer.add_worker(peer=pid)
+            return
+        except P2C2RError:
+            if not addrs:
+                raise
+        for a in addrs:
+            try:
+                await self.gamer.add_worker(a)
+                return
+            except P2C2RError:
+                continue
+        raise UnavailableError(f"cannot reach worker {worker}")
+
+    def leases(self) -> list[tuple[int, str, str, float]]:
+        now = trio.current_time()
+        return [(le.lease_id, le.worker, le.kind, le.expires_at - now) for le in self._leases.values()]
+
+
+async def join_mesh(
+    gamer: GamerClient,
+    nursery: trio.Nursery,
+    bootstrap: Sequence[str],
+    *,
+    region: str | None = None,
+    config: MeshClientConfig | None = None,
+) -> MeshClient:
+    """Join from ``bootstrap`` and wait until the gamer holds at least one leased worker."""
+    cfg = config or MeshClientConfig(region=region)
+    if region is not None and cfg.region != region:
+        from dataclasses import replace
+
+        cfg = replace(cfg, region=region)
+    client = MeshClient(gamer, gamer.host, nursery, cfg)
+    with trio.fail_after(cfg.join_timeout_s if math.isfinite(cfg.join_timeout_s) else 1e9):
+        await client.bootstrap(bootstrap)
+        await nursery.start(client.run)
+        await client.ready.wait()
+    return client

@@ -1,0 +1,93 @@
+"""Election and membership over the control plane, on the in-memory backend in virtual time."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from mesh.memory import LinkModel, MemoryNetwork
+from tests.integration.control_cluster import coordinators, start_region, wait_for
+
+
+def one_coordinator(members):  # type: ignore[no-untyped-def]
+    views = coordinators(members)
+    return len(views) == 1 and next(iter(views))[0] is not None
+
+
+async def test_region_elects_one_coordinator_and_fails_over_within_2s(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=1, link=LinkModel(delay_s=0.005, jitter_s=0.002))
+    async with trio.open_nursery() as nursery:
+        members = await start_region(net, nursery, "eu", 6)
+        await wait_for(lambda: one_coordinator(members), timeout=20)
+        coord, epoch = next(iter(coordinators(members)))
+        # everybody sees everybody through gossip
+        await wait_for(lambda: all(len(m.svc.membership) == 5 for m in members), timeout=10)
+        old = next(m for m in members if m.peer == coord)
+        await trio.sleep(3.0)
+        t_kill = trio.current_time()
+        old.kill()
+        survivors = [m for m in members if m is not old]
+
+        def replaced() -> bool:
+            views = coordinators(survivors)
+            return len(views) == 1 and next(iter(views))[0] not in (None, coord)
+
+        took = await wait_for(replaced, timeout=10, step=0.01)
+        _new_coord, new_epoch = next(iter(coordinators(survivors)))
+        assert new_epoch > epoch
+        assert took < 2.0, f"failover took {took:.2f} s"
+        assert trio.current_time() - t_kill < 2.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_returning_partitioned_node_does_not_depose_coordinator(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=2, link=LinkModel(delay_s=0.005))
+    async with trio.open_nursery() as nursery:
+        members = await start_region(net, nursery, "eu", 5)
+        await wait_for(lambda: one_coordinator(members), timeout=20)
+        coord, epoch = next(iter(coordinators(members)))
+        loner = next(m for m in members if m.peer != coord)
+        others = [m.identity.peer_id_bytes for m in members if m is not loner]
+        net.partition([loner.identity.peer_id_bytes], others)
+        await trio.sleep(20.0)  # the loner's claims fail again and again; its epoch grows
+        assert loner.svc is not None and loner.svc.election is not None
+        assert loner.svc.election.term > epoch
+        assert not loner.svc.is_coordinator()
+        net.heal()
+        await trio.sleep(5.0)
+        # everyone, the loner included, follows the same, unchanged coordinator
+        assert coordinators(members) == {(coord, epoch)}
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_regions_converge_and_exchange_summaries(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork(seed=3, link=LinkModel(delay_s=0.01, jitter_s=0.005))
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 5)
+        boot = (eu[0].host.listen_addrs()[0],)
+        us = await start_region(net, nursery, "us", 5, bootstrap=boot)
+        everyone = eu + us
+        took = await wait_for(
+            lambda: (
+                one_coordinator(eu)
+                and one_coordinator(us)
+                and all(len(m.svc.membership) == 4 for m in everyone)
+                and all(
+                    sorted((r.region, len(r.members)) for r in m.svc.snapshot().regions)
+                    == [("eu", 5), ("us", 5)]
+                    for m in everyone
+                )
+            ),
+            timeout=30,
+        )
+        assert took < 10.0
+        snap = eu[0].svc.snapshot()
+        us_view = next(r for r in snap.regions if r.region == "us")
+        assert us_view.coordinator == next(iter(coordinators(us)))[0]
+        assert len(us_view.members) == 5
+        assert dict(us_view.free).get("echo", 0) > 0
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,720 @@
+"""The task path (worker + gamer SDK) over the in-memory backend, in virtual time.
+
+Every test runs under ``MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``):
+time passes only through link delays and deadlines, so timings asserted here are exact
+virtual times, not wall-clock measurements. Kernels are ``inline`` (they run on the loop
+and take no virtual time); anything that must "take a while" does so through link delay.
+
+The last section tests the backend itself (``mesh.memory``): delay, bounded buffers,
+EOF, resets, seeded loss, partitions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from mesh import wire
+from mesh.errors import (
+    CancelledTaskError,
+    ConfigError,
+    ConnectionLostError,
+    LimitExceededError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnavailableError,
+    UnknownKindError,
+    ValidationError,
+    VerificationError,
+)
+from mesh.identity import Identity
+from mesh.memory import LinkModel, MemoryHost, MemoryNetwork, MemoryStream
+from mesh.transport import Stream
+from nodes.gamer import GamerClient, GamerConfig, TaskHandle
+from nodes.worker import Worker, WorkerConfig
+from tasks.kernels.echo import ECHO
+from tasks.registry import ParamSpec, Registry, TaskKind
+
+
+def _boom(params: dict[str, object], data: bytes) -> bytes:
+    raise RuntimeError("kernel exploded")
+
+
+BOOM = TaskKind(
+    name="boom",
+    description="test-only: a kernel with a bug",
+    params={},
+    execute=_boom,
+    cost=lambda params, n: 1.0,
+    inline=True,
+)
+REVERSE = TaskKind(
+    name="reverse",
+    description="test-only: reverses its input, deterministic",
+    params={"times": ParamSpec(int, default=1, minimum=1, maximum=3)},
+    execute=lambda params, data: data[::-1],
+    cost=lambda params, n: 1.0,
+    inline=True,
+)
+GROW = TaskKind(
+    name="grow",
+    description="test-only: output three times the input",
+    params={},
+    execute=lambda params, data: data * 3,
+    cost=lambda params, n: 1.0,
+    inline=True,
+)
+REGISTRY = Registry([ECHO, BOOM, REVERSE, GROW])
+WORKER_CONFIG = WorkerConfig(concurrency=2)
+
+
+@dataclass
+class Mesh:
+    net: MemoryNetwork
+    workers: list[Worker]
+    hosts: list[MemoryHost]
+    gamer: GamerClient
+    gamer_host: MemoryHost
+
+    def worker_of(self, peer: bytes | None) -> int:
+        return [h.peer_id for h in self.hosts].index(peer) if peer is not None else -1
+
+
+@asynccontextmanager
+async def open_mesh(
+    n_workers: int = 1,
+    *,
+    delay: float = 0.01,
+    seed: int = 1,
+    worker_configs: list[WorkerConfig] | None = None,
+    gamer_config: GamerConfig = GamerConfig(),
+    stream_buffer: int = 4 << 20,
+) -> AsyncIterator[Mesh]:
+    net = MemoryNetwork(seed, link=LinkModel(delay_s=delay), stream_buffer=stream_buffer)
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        workers, hosts = [], []
+        for i in range(n_workers):
+            host = await stack.enter_async_context(net.open_host())
+            worker = Worker(
+                host, host.identity, REGISTRY, worker_configs[i] if worker_configs else WORKER_CONFIG
+            )
+            await nursery.start(worker.run)
+            workers.append(worker)
+            hosts.append(host)
+        gamer_host = await stack.enter_async_context(net.open_host())
+        gamer = await stack.enter_async_context(GamerClient.connect(host=gamer_host, config=gamer_config))
+        for host in hosts:
+            await gamer.add_worker(host.listen_addrs()[0])
+        yield Mesh(net, workers, hosts, gamer, gamer_host)
+
+
+def payloads(n: int) -> list[bytes]:
+    return [b"task-%04d" % i for i in range(n)]
+
+
+# ---------------------------------------------------------------- happy path
+
+
+async def test_submit_returns_the_verified_output_after_one_round_trip(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(delay=0.02) as m:
+        handle = await m.gamer.submit("reverse", b"abcdef", {"times": 2})
+        assert await handle.result() == b"fedcba"
+        assert handle.worker == m.hosts[0].peer_id
+        assert handle.latency_s == pytest.approx(0.04)  # one round trip, inline kernel
+        assert await m.gamer.run("echo", b"x" * 100) == b"x" * 100
+        assert m.gamer.stats.verified == 2 and m.gamer.stats.failed == 0
+        assert m.workers[0].stats.completed == 2
+
+
+async def test_large_compressible_payloads_travel_as_zstd_and_arrive_intact(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, compresses well
+    async with open_mesh() as m:
+        out = await m.gamer.run("echo", data)
+        assert out == data
+        sent = m.net.link_stats(m.gamer_host.peer_id, m.hosts[0].peer_id).bytes
+        returned = m.net.link_stats(m.hosts[0].peer_id, m.gamer_host.peer_id).bytes
+        assert sent < len(data) // 10 and returned < len(data) // 10
+
+
+async def test_worker_errors_arrive_typed_and_the_worker_keeps_serving(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh() as m:
+        with pytest.raises(UnknownKindError):
+            await m.gamer.run("mine_bitcoin", b"")
+        with pytest.raises(ValidationError):
+            await m.gamer.run("echo", b"", {"tag": 5})
+        with pytest.raises(ValidationError):
+            await m.gamer.run("reverse", b"", {"times": 99})
+        with pytest.raises(TaskFailedError, match="kernel exploded"):
+            await m.gamer.run("boom", b"")
+        assert await m.gamer.run("echo", b"still here") == b"still here"
+        assert m.workers[0].stats.failed == 4
+        assert m.gamer.stats.failed == 4 and m.gamer.stats.verified == 1
+
+
+# ---------------------------------------------------------------- pipelining and batching
+
+
+async def test_pipelined_tasks_share_one_round_trip(autojump_clock: trio.abc.Clock) -> None:
+    delay = 0.05
+    async with open_mesh(delay=delay) as m:
+        t0 = trio.current_time()
+        handles = [await m.gamer.submit("echo", p) for p in payloads(1000)]
+        outs = [await h.result() for h in handles]
+        assert outs == payloads(1000)
+        # 1000 tasks in flight at once on one stream: one round trip in total, not 1000.
+        assert trio.current_time() - t0 == pytest.approx(2 * delay)
+        assert m.gamer.stats.verified == 1000
+
+
+async def test_submit_many_sends_one_frame_and_results_come_back_batched(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(delay=0.01) as m:
+        g, w = m.gamer_host.peer_id, m.hosts[0].peer_id
+        before_out, before_back = m.net.link_stats(g, w).writes, m.net.link_stats(w, g).writes
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(100)])
+        assert [await h.result() for h in handles] == payloads(100)
+        assert m.net.link_stats(g, w).writes - before_out == 1
+        assert m.net.link_stats(w, g).writes - before_back <= 2
+        assert await m.gamer.map("reverse", [b"ab", b"cd"]) == [b"ba", b"dc"]
+
+
+async def test_tasks_spread_over_workers(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(3) as m:
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(30)])
+        for h in handles:
+            await h.result()
+        per_worker = [w.stats.completed for w in m.workers]
+        assert sum(per_worker) == 30 and min(per_worker) >= 5
+
+
+# ---------------------------------------------------------------- frame limits
+
+SMALL_FRAMES = replace(WORKER_CONFIG, max_frame=100_000, max_batch_bytes=50_000)
+SMALL_GAMER = GamerConfig(max_frame=100_000, max_batch_bytes=50_000)
+
+
+async def test_a_task_too_big_for_a_frame_is_refused_at_submit(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(2, worker_configs=[SMALL_FRAMES] * 2, gamer_config=SMALL_GAMER) as m:
+        with pytest.raises(LimitExceededError):
+            await m.gamer.submit("echo", random.Random(1).randbytes(100_000))
+        with pytest.raises(LimitExceededError):  # compresses well, but the worker could not expand it
+            await m.gamer.submit("echo", bytes(200_000))
+        assert await m.gamer.run("echo", b"links intact") == b"links intact"
+        assert len(m.gamer.workers()) == 2 and m.gamer.stats.resubmitted == 0
+        assert sum(w.stats.protocol_errors for w in m.workers) == 0
+
+
+async def test_batches_never_grow_past_the_frame_limit(autojump_clock: trio.abc.Clock) -> None:
+    rnd = random.Random(2)
+    items = [("echo", rnd.randbytes(n), None) for n in (40_000, 90_000, 30_000, 95_000, 10, 20)]
+    async with open_mesh(1, worker_configs=[SMALL_FRAMES], gamer_config=SMALL_GAMER) as m:
+        handles = await m.gamer.submit_many(items)
+        assert [await h.result() for h in handles] == [d for _, d, _ in items]
+        assert m.workers[0].stats.protocol_errors == 0 and m.gamer.stats.resubmitted == 0
+
+
+async def test_an_output_too_big_for_a_frame_is_a_typed_error(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(1, worker_configs=[SMALL_FRAMES], gamer_config=SMALL_GAMER) as m:
+        with pytest.raises(LimitExceededError):
+            await m.gamer.run("grow", random.Random(3).randbytes(40_000))
+        assert await m.gamer.run("grow", b"ab") == b"ababab"
+        assert m.gamer.stats.resubmitted == 0 and m.gamer.workers() == [m.hosts[0].peer_id]
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+async def test_deadline_expiry_raises_at_the_deadline_and_the_late_result_is_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(delay=1.0) as m:
+        t0 = trio.current_time()
+        handle = await m.gamer.submit("echo", b"slow link", deadline=0.5)
+        with pytest.raises(TaskTimeoutError):
+            await handle.result()
+        assert trio.current_time() - t0 == pytest.approx(0.5)
+        assert m.gamer.stats.timeouts == 1 and m.gamer.stats.late_dropped == 0
+        await trio.sleep(2.0)  # the worker's answer arrives at t0 + 2 s
+        assert m.workers[0].stats.completed == 1
+        assert m.gamer.stats.late_dropped == 1
+        assert m.gamer.stats.verified == 0
+        with pytest.raises(TaskTimeoutError):
+            await handle.result()  # still the timeout, never overwritten by the late result
+
+
+async def test_each_task_times_out_at_its_own_deadline(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(delay=10.0) as m:
+        t0 = trio.current_time()
+        deadlines = [3.0, 0.25, 1.5, 0.75]
+        handles = [await m.gamer.submit("echo", b"x", deadline=d) for d in deadlines]
+        seen: list[tuple[float, float]] = []
+
+        async def wait(h_index: int) -> None:
+            with pytest.raises(TaskTimeoutError):
+                await handles[h_index].result()
+            seen.append((deadlines[h_index], trio.current_time() - t0))
+
+        async with trio.open_nursery() as n:
+            for i in range(len(handles)):
+                n.start_soon(wait, i)
+        assert sorted(seen) == sorted((d, pytest.approx(d)) for d in deadlines)
+
+
+# ---------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("how", ["reset_link", "crash", "disconnect"])
+async def test_tasks_on_a_lost_worker_are_resubmitted_and_nothing_is_lost(
+    autojump_clock: trio.abc.Clock, how: str
+) -> None:
+    async with open_mesh(2, delay=0.1) as m:
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(20)])
+        await trio.sleep(0.15)  # the first worker has computed; its results are on the wire
+        on_first = m.workers[0].stats.completed
+        assert 0 < on_first < 20 and not any(h.done() for h in handles)
+        if how == "reset_link":
+            assert m.net.reset_link(m.gamer_host.peer_id, m.hosts[0].peer_id)
+        elif how == "crash":
+            m.hosts[0].crash()
+        else:
+            await m.hosts[0].disconnect(m.gamer_host.peer_id)
+        outs = [await h.result() for h in handles]
+        assert outs == payloads(20)
+        assert all(h.worker == m.hosts[1].peer_id for h in handles)
+        assert m.gamer.stats.resubmitted == on_first
+        assert m.gamer.stats.verified == 20 and m.gamer.stats.failed == 0
+        assert m.workers[1].stats.completed == 20
+        assert m.gamer.workers() == [m.hosts[1].peer_id]
+
+
+async def test_failover_while_submits_wait_on_a_full_send_queue(autojump_clock: trio.abc.Clock) -> None:
+    # Tiny queues and stream buffers: submit_many blocks on a full queue while the link
+    # it waits on dies; every task must still run exactly once elsewhere.
+    items = [("echo", b"%04d" % i, None) for i in range(40)]
+    async with open_mesh(2, delay=0.1, gamer_config=GamerConfig(send_queue=1), stream_buffer=300) as m:
+        handles: list[TaskHandle] = []
+
+        async def submit_all() -> None:
+            handles.extend(await m.gamer.submit_many(items))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit_all)
+            await trio.sleep(0.05)
+            assert m.net.reset_link(m.gamer_host.peer_id, m.hosts[0].peer_id)
+        assert [await h.result() for h in handles] == [d for _, d, _ in items]
+        assert m.workers[0].stats.completed == 0
+        assert m.workers[1].stats.received == 40  # no task dispatched twice
+        assert m.gamer.stats.verified == 40
+
+
+async def test_the_only_worker_dying_fails_its_tasks_as_unavailable_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(1, delay=0.1) as m:
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(5)], deadline=60)
+        await trio.sleep(0.05)
+        t_crash = trio.current_time()
+        m.hosts[0].crash()
+        for h in handles:
+            with pytest.raises(UnavailableError):
+                await h.result()
+        assert trio.current_time() == pytest.approx(t_crash)  # typed error at once, not at the deadline
+        with pytest.raises(UnavailableError):
+            await m.gamer.run("echo", b"after")
+
+
+async def test_no_worker_is_unavailable(autojump_clock: trio.abc.Clock) -> None:
+    net = MemoryNetwork(3)
+    async with net.open_host() as gh, GamerClient.connect(host=gh) as gamer:
+        handle = await gamer.submit("echo", b"x")
+        with pytest.raises(UnavailableError):
+            await handle.result()
+        with pytest.raises(UnavailableError):
+            await gamer.add_worker("/memory/99/p2p/" + Identity.from_seed(b"\x09" * 32).peer_id.to_base58())
+
+
+async def test_a_worker_over_capacity_rejects_and_the_task_runs_elsewhere(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    configs = [replace(WORKER_CONFIG, max_queued=0), WORKER_CONFIG]
+    async with open_mesh(2, worker_configs=configs) as m:
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(10)])
+        assert [await h.result() for h in handles] == payloads(10)
+        assert m.workers[0].stats.rejected >= 1
+        assert m.gamer.stats.resubmitted == m.workers[0].stats.rejected
+        assert all(h.worker == m.hosts[1].peer_id for h in handles)
+
+
+async def test_everyone_rejecting_gives_up_after_max_attempts(autojump_clock: trio.abc.Clock) -> None:
+    full = replace(WORKER_CONFIG, max_queued=0)
+    async with open_mesh(2, worker_configs=[full, full]) as m:
+        with pytest.raises(UnavailableError, match="3 attempts"):
+            await m.gamer.run("echo", b"x")
+        assert sum(w.stats.rejected for w in m.workers) == 3
+
+
+async def test_cancel_raises_cancelled_and_the_late_result_is_dropped(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(delay=0.1) as m:
+        handle = await m.gamer.submit("echo", b"never mind")
+        await trio.sleep(0.05)  # on the wire: the worker will still run it
+        assert handle.cancel() is True
+        assert handle.done()
+        with pytest.raises(CancelledTaskError):
+            await handle.result()
+        assert handle.cancel() is False
+        await trio.sleep(1.0)
+        assert m.workers[0].stats.completed == 1
+        assert m.gamer.stats.late_dropped == 1 and m.gamer.stats.verified == 0
+        done = await m.gamer.submit("echo", b"ok")
+        assert await done.result() == b"ok"
+        assert done.cancel() is False
+
+
+async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(delay=0.01) as m:
+        m.net.partition([m.gamer_host.peer_id])
+        t0 = trio.current_time()
+        handle = await m.gamer.submit("echo", b"held", deadline=5.0)
+        await trio.sleep(1.0)
+        assert not handle.done()
+        m.net.heal()
+        assert await handle.result() == b"held"
+        assert trio.current_time() - t0 == pytest.approx(1.01)
+
+
+async def test_partition_longer_than_the_deadline_times_out(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(2, delay=0.01) as m:
+        m.net.partition([m.gamer_host.peer_id], [h.peer_id for h in m.hosts])
+        t0 = trio.current_time()
+        with pytest.raises(TaskTimeoutError):
+            await m.gamer.run("echo", b"x", deadline=2.0)
+        assert trio.current_time() - t0 == pytest.approx(2.0)
+        async with m.net.open_host() as outside:  # in neither group
+            t1 = trio.current_time()
+            with pytest.raises(UnavailableError, match="timed out"):
+                await m.gamer.add_worker(outside.listen_addrs()[0])
+            assert trio.current_time() - t1 == pytest.approx(m.net.dial_timeout_s)
+
+
+# ---------------------------------------------------------------- hostile workers
+
+
+async def test_tampered_output_is_rejected(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh() as m:
+
+        def flip(task: wire.TaskRecord, payload: bytes, sig: bytes) -> tuple[bytes, bytes]:
+            return payload[:-1] + bytes([payload[-1] ^ 1]), sig
+
+        m.workers[0].tamper = flip
+        with pytest.raises(VerificationError):
+            await m.gamer.run("echo", b"honest input")
+        assert m.gamer.stats.verification_failures == 1 and m.gamer.stats.verified == 0
+
+
+async def test_forged_signature_is_rejected(autojump_clock: trio.abc.Clock) -> None:
+    forger = Identity.from_seed(b"\x66" * 32)
+    async with open_mesh() as m:
+        # Any signature that is not the stream's authenticated peer's fails, whatever it signs.
+        m.workers[0].tamper = lambda task, payload, sig: (payload, forger.sign(b"anything"))
+        with pytest.raises(VerificationError):
+            await m.gamer.run("echo", b"x")
+
+
+async def test_result_replayed_from_another_task_is_rejected(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh() as m:
+        first: list[tuple[bytes, bytes]] = []
+
+        def replay(task: wire.TaskRecord, payload: bytes, sig: bytes) -> tuple[bytes, bytes]:
+            if not first:
+                first.append((payload, sig))
+            return first[0]
+
+        m.workers[0].tamper = replay
+        # Same kind, params and input: the output is identical; only the binding differs.
+        assert await m.gamer.run("echo", b"same") == b"same"
+        with pytest.raises(VerificationError):
+            await m.gamer.run("echo", b"same")
+        assert m.gamer.stats.verification_failures == 1
+
+
+async def test_a_tampering_worker_does_not_hurt_tasks_on_honest_ones(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(2) as m:
+        m.workers[0].tamper = lambda task, payload, sig: (b"lies", sig)
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(10)])
+        honest = 0
+        with trio.fail_after(1):
+            for h in handles:
+                await _settled(h)
+        for h, p in zip(handles, payloads(10), strict=True):
+            if h.worker == m.hosts[0].peer_id:
+                with pytest.raises(VerificationError):
+                    await h.result()
+            else:
+                assert await h.result() == p
+                assert h.worker == m.hosts[1].peer_id
+                honest += 1
+        assert 0 < honest < 10
+        assert m.gamer.stats.verification_failures == 10 - honest
+
+
+async def _settled(handle: TaskHandle) -> None:
+    try:
+        await handle.result()
+    except VerificationError:
+        pass
+
+
+# ---------------------------------------------------------------- malformed frames
+
+
+async def read_frame(stream: MemoryStream, dec: wire.FrameDecoder) -> wire.Frame:
+    while True:
+        data = await stream.read()
+        assert data, "stream ended before a frame arrived"
+        bodies = list(dec.feed(data))
+        if bodies:
+            assert len(bodies) == 1
+            return wire.decode_frame(bodies[0])
+
+
+async def test_malformed_frames_get_typed_errors_and_the_worker_keeps_serving(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh() as m, m.net.open_host() as rogue:
+        worker_peer = m.hosts[0].peer_id
+        await rogue.connect(m.hosts[0].listen_addrs()[0])
+        stream = await rogue.open_stream(worker_peer, wire.PROTOCOL_ID)
+        dec = wire.FrameDecoder()
+
+        await stream.write(b"\x00\x00\x00\x05hello")  # not msgpack of the right shape
+        frame = await read_frame(stream, dec)
+        assert frame.type == "E" and frame.error is not None and frame.error[0] == "protocol"
+
+        body = msgpack.packb([2, "T", []])
+        await stream.write(len(body).to_bytes(4, "big") + body)  # a future version
+        frame = await read_frame(stream, dec)
+        assert frame.error is not None and frame.error[0] == "version"
+
+        # The same stream still works after decodable-but-bad frames.
+        task = wire.TaskRecord(b"\x01" * 16, "echo", {}, b"still ok")
+        await stream.write(wire.encode_tasks([task]))
+        frame = await read_frame(stream, dec)
+        assert frame.type == "R" and isinstance(frame.results[0], wire.ResultRecord)
+        assert frame.results[0].output == b"still ok"
+
+        await stream.write(b"\xff\xff\xff\xff")  # 4 GiB declared: cannot resync
+        frame = await read_frame(stream, dec)
+        assert frame.error is not None and frame.error[0] == "frame_too_large"
+        with pytest.raises(ConnectionLostError):
+            while await stream.read():
+                pass
+        assert m.workers[0].stats.protocol_errors == 3
+
+        # The node still serves: the regular client and a fresh stream.
+        assert await m.gamer.run("echo", b"served") == b"served"
+        again = await rogue.open_stream(worker_peer, wire.PROTOCOL_ID)
+        await again.write(wire.encode_tasks([task]))
+        frame = await read_frame(again, wire.FrameDecoder())
+        assert frame.results[0].task_id == task.task_id
+
+
+async def test_a_worker_sending_garbage_is_dropped_and_its_tasks_move(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(1, delay=0.05) as m, m.net.open_host() as liar:
+
+        async def garbage(stream: Stream) -> None:
+            await stream.read()
+            await stream.write(b"\x00\x00\x00\x03abc")
+
+        liar.set_stream_handler(wire.PROTOCOL_ID, garbage)
+        await m.gamer.add_worker(liar.listen_addrs()[0])
+        handles = await m.gamer.submit_many([("echo", p, None) for p in payloads(6)])
+        assert [await h.result() for h in handles] == payloads(6)
+        assert all(h.worker == m.hosts[0].peer_id for h in handles)
+        assert m.gamer.workers() == [m.hosts[0].peer_id]
+
+
+# ---------------------------------------------------------------- the memory backend itself
+
+
+@asynccontextmanager
+async def pair(
+    link: LinkModel = LinkModel(), seed: int = 0, stream_buffer: int = 1 << 20
+) -> AsyncIterator[tuple[MemoryNetwork, MemoryStream, MemoryStream]]:
+    net = MemoryNetwork(seed, link=link, stream_buffer=stream_buffer)
+    accepted: list[MemoryStream] = []
+    got = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        assert isinstance(stream, MemoryStream)
+        accepted.append(stream)
+        got.set()
+        await trio.sleep_forever()
+
+    async with net.open_host() as a, net.open_host() as b:
+        b.set_stream_handler("/t", handler)
+        assert await a.connect(b.listen_addrs()[0]) == b.peer_id
+        s = await a.open_stream(b.peer_id, "/t")
+        await got.wait()
+        assert s.remote_peer == b.peer_id and accepted[0].remote_peer == a.peer_id
+        yield net, s, accepted[0]
+
+
+async def test_memory_bytes_arrive_after_the_delay_in_order(autojump_clock: trio.abc.Clock) -> None:
+    async with pair(LinkModel(delay_s=0.3, jitter_s=0.2), seed=4) as (_, s, r):
+        t0 = trio.current_time()
+        for i in range(50):
+            await s.write(b"%03d," % i)
+        await s.close()
+        got = b""
+        first_at = None
+        while chunk := await r.read(7):
+            first_at = first_at if first_at is not None else trio.current_time() - t0
+            got += chunk
+        assert got == b"".join(b"%03d," % i for i in range(50))
+        assert first_at is not None and 0.3 <= first_at < 0.5
+        assert await r.read() == b""  # EOF stays EOF
+        with pytest.raises(ConnectionLostError):
+            await s.write(b"after close")
+        await r.write(b"other direction still open")
+        assert await s.read() == b"other direction still open"
+
+
+async def test_memory_writer_blocks_while_the_reader_does_not_read(autojump_clock: trio.abc.Clock) -> None:
+    async with pair(stream_buffer=1000) as (_, s, r):
+        await s.write(b"a" * 1000)
+        with trio.move_on_after(60) as scope:
+            await s.write(b"b")
+        assert scope.cancelled_caught  # bounded: no room until the reader reads
+        assert await r.read(10) == b"a" * 10
+        await s.write(b"c" * 10)
+        rest = b""
+        while len(rest) < 1000:
+            rest += await r.read()
+        assert rest == b"a" * 990 + b"c" * 10
+
+
+async def test_memory_big_writes_pass_a_small_buffer(autojump_clock: trio.abc.Clock) -> None:
+    async with pair(stream_buffer=4096) as (_, s, r):
+        data = bytes(range(256)) * 1000
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(data):
+                got.extend(await r.read(3000))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(drain)
+            await s.write(data)
+        assert bytes(got) == data
+
+
+async def test_memory_reset_delivers_earlier_bytes_then_fails_both_ways(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with pair(LinkModel(delay_s=0.1)) as (_, s, r):
+        await s.write(b"last words")
+        await s.reset()
+        with pytest.raises(ConnectionLostError):
+            await s.read()
+        with pytest.raises(ConnectionLostError):
+            await s.write(b"x")
+        assert await r.read() == b"last words"
+        with pytest.raises(ConnectionLostError, match="reset"):
+            await r.read()
+        with pytest.raises(ConnectionLostError):
+            await r.write(b"x")
+
+
+async def test_memory_loss_drops_the_connection_deterministically(autojump_clock: trio.abc.Clock) -> None:
+    async def writes_until_drop(seed: int) -> int:
+        async with pair(LinkModel(loss=0.05), seed=seed) as (net, s, r):
+            n = 0
+            with pytest.raises(ConnectionLostError, match="loss"):
+                while True:
+                    await s.write(b"x")
+                    n += 1
+            with pytest.raises(ConnectionLostError):
+                await r.read()
+            assert net.link_stats(s.remote_peer, r.remote_peer).drops == 1
+            return n
+
+    counts = [await writes_until_drop(seed) for seed in (7, 7, 8)]
+    assert counts[0] == counts[1]
+    assert all(c < 1000 for c in counts)
+
+
+async def test_memory_hosts_refuse_what_real_hosts_refuse(autojump_clock: trio.abc.Clock) -> None:
+    net = MemoryNetwork(5)
+    async with net.open_host() as a, net.open_host() as b:
+        other = Identity.from_seed(b"\x11" * 32).peer_id.to_base58()
+        with pytest.raises(UnavailableError, match="another peer id"):
+            await a.connect(f"{b.addr}/p2p/{other}")
+        with pytest.raises(ConfigError):
+            await a.connect(b.addr)
+        with pytest.raises(UnavailableError, match="does not speak"):
+            await a.open_stream(b.peer_id, "/nobody/1")
+        assert a.connected_peers() == [b.peer_id]
+        b.crash()
+        assert a.connected_peers() == []
+        with pytest.raises(UnavailableError):
+            await a.connect(b.listen_addrs()[0])
+        with pytest.raises(UnavailableError):
+            await a.open_stream(b.peer_id, "/nobody/1")
+
+
+async def test_memory_peer_ids_follow_the_seed(autojump_clock: trio.abc.Clock) -> None:
+    ids = []
+    for _ in range(2):
+        net = MemoryNetwork(42)
+        async with net.open_host() as a, net.open_host() as b:
+            ids.append((a.peer_id, b.peer_id))
+    assert ids[0] == ids[1] and ids[0][0] != ids[0][1]
+    with pytest.raises(ConfigError):
+        LinkModel(loss=1.5)
+    with pytest.raises(ConfigError):
+        LinkModel(delay_s=math.inf)
+
+
+async def test_memory_host_restarts_with_its_identity_and_streams_are_forgotten(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    net = MemoryNetwork(6)
+    ident = Identity.from_seed(b"\x21" * 32)
+
+    async def echo_once(stream: Stream) -> None:
+        await stream.write(await stream.read())
+        await stream.close()
+
+    async with net.open_host() as client:
+        for _ in range(2):  # the same peer, started twice
+            async with net.open_host(ident) as server:
+                with pytest.raises(ConfigError):
+                    net.new_host(ident)  # but never twice at once
+                server.set_stream_handler("/echo", echo_once)
+                assert await client.connect(server.listen_addrs()[0]) == ident.peer_id_bytes
+                for i in range(20):
+                    s = await client.open_stream(ident.peer_id_bytes, "/echo")
+                    await s.write(b"%d" % i)
+                    assert await s.read() == b"%d" % i
+                    assert await s.read() == b""
+                    await s.close()
+                conn = client.conns[ident.peer_id_bytes]
+                assert len(conn.pipes) <= 4  # finished streams do not pile up
+        assert client.connected_peers() == []
