@@ -91,7 +91,7 @@ def _node_config(args: argparse.Namespace) -> Any:
     node_t = conf.get("node", {})
     worker_t = conf.get("worker", {})
     known_node = {"listen", "key_file", "peers", "bootstrap", "region", "voters", "mdns"}
-    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib"}
+    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup"}
     for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
         extra = sorted(set(table) - known)
         if extra:
@@ -111,6 +111,8 @@ def _node_config(args: argparse.Namespace) -> Any:
         if executor not in ("thread", "process"):
             raise ConfigError(f"executor must be 'thread' or 'process', got {executor!r}")
         wc = replace(wc, executor=executor)
+    if args.warmup or worker_t.get("warmup"):
+        wc = replace(wc, warmup=True)
     if "max_queued" in worker_t:
         wc = replace(wc, max_queued=int(worker_t["max_queued"]))
     max_frame_mib = args.max_frame_mib or worker_t.get("max_frame_mib")
@@ -132,6 +134,7 @@ def _node_config(args: argparse.Namespace) -> Any:
         peers=peers,
         control=control,
         mdns=bool(args.mdns or node_t.get("mdns", False)),
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
     )
 
 
@@ -159,6 +162,8 @@ async def _run_node(args: argparse.Namespace) -> None:
             f"electorate {'configured (' + str(len(cc.voters)) + ')' if cc.voters else 'learned'}"
             f"{', mDNS' if config.mdns else ''}"
         )
+        if node.metrics_port is not None:
+            console.print(f"  metrics      http://127.0.0.1:{node.metrics_port}/metrics")
         for a in addrs:
             print(f"listening on {a}", flush=True)
         state = _home()
@@ -357,6 +362,23 @@ def cmd_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    # The simulator is a separate use of P2C2R (research, policy choice); the CLI is its
+    # entry point, imported lazily so a node never loads it.
+    from simulations.cli import run_simulate
+
+    return run_simulate(
+        args.scenario,
+        args.seed,
+        args.out,
+        progress=not args.no_progress,
+        jobs=args.jobs,
+        peers=args.peers,
+        duration_s=args.duration,
+        plots=not args.no_plots,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from nodes.demo import run_demo
 
@@ -394,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="peer id of a region voter (repeatable; default: learn the electorate)",
     )
     s.add_argument("--mdns", action="store_true", help="find peers on the LAN with mDNS")
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="Prometheus /metrics on 127.0.0.1:PORT (default 0: any free port; -1: off)",
+    )
+    s.add_argument("--warmup", action="store_true", help="run each kernel once at start (loads torch models)")
     s.set_defaults(func=cmd_node_run)
 
     s = sub.add_parser("status", help="show regions, coordinators, members, load and latencies")
@@ -415,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kinds", help="list the built-in task kinds and their parameters")
     s.set_defaults(func=cmd_kinds)
+
+    from simulations.cli import add_arguments as add_simulate_arguments
+
+    s = sub.add_parser("simulate", help="run a network simulation scenario (the real cores, virtual time)")
+    add_simulate_arguments(s)
+    s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("demo", help="start a local mesh on loopback and run a mixed workload")
     s.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")

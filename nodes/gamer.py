@@ -57,6 +57,7 @@ from mesh.errors import (
 )
 from mesh.identity import Identity, peer_id_to_str
 from mesh.transport import Host, Stream, write_chunked
+from nodes.metrics import NodeMetrics
 from tasks.receipt import receipt_digest, verify_receipt
 
 log = logging.getLogger("p2c2r.gamer")
@@ -90,6 +91,12 @@ class GamerStats:
     resubmitted: int = 0
     late_dropped: int = 0
     verification_failures: int = 0
+
+
+#: ``placer(kind, [(worker peer id, tasks in flight), ...]) -> worker peer id or None``
+Placer = Callable[[str, list[tuple[bytes, int]]], bytes | None]
+#: ``hook(kind, worker peer id or None, latency_s, outcome)``; outcome "ok" or an error code
+CompletionHook = Callable[[str, bytes | None, float, str], None]
 
 
 class TaskHandle:
@@ -191,6 +198,9 @@ class GamerClient:
         self._seq = itertools.count()
         self._reaper_scope: trio.CancelScope | None = None
         self._links_changed = trio.Event()
+        self._placer: Placer | None = None
+        self._completion_hooks: list[CompletionHook] = []
+        self.metrics = NodeMetrics("gamer")
         #: The mesh control-plane client (``nodes.mesh_client.MeshClient``) when joined by bootstrap.
         self.mesh: Any = None
 
@@ -342,16 +352,33 @@ class GamerClient:
         self.stats.submitted += 1
         return pending
 
-    def _pick_link(self, exclude: _WorkerLink | None = None) -> _WorkerLink | None:
+    def set_placement(self, placer: Placer | None) -> None:
+        """Let the control plane choose workers (e.g. from placement leases).
+
+        ``placer(kind, candidates)`` gets the live workers as ``(peer id, tasks in flight)``
+        pairs and returns the peer id to use, or None to fall back to least-loaded.
+        """
+        self._placer = placer
+
+    def add_completion_hook(self, hook: CompletionHook) -> None:
+        """Call ``hook(kind, worker, latency_s, outcome)`` when a task ends (for coordinators)."""
+        self._completion_hooks.append(hook)
+
+    def _pick_link(self, exclude: _WorkerLink | None = None, kind: str = "") -> _WorkerLink | None:
         alive = [link for link in self._links if link.alive and link is not exclude]
         if not alive:
             return None
+        if self._placer is not None:
+            chosen = self._placer(kind, [(link.peer, len(link.pending)) for link in alive])
+            for link in alive:
+                if link.peer == chosen:
+                    return link
         start = next(self._rr) % len(alive)
         order = alive[start:] + alive[:start]
         return min(order, key=lambda link: len(link.pending))
 
     async def _dispatch(self, pending: _Pending, exclude: _WorkerLink | None = None) -> None:
-        link = self._pick_link(exclude)
+        link = self._pick_link(exclude, pending.record.kind)
         if link is None:
             self._finish(pending, None, UnavailableError("no worker is connected; add one with add_worker()"))
             return
@@ -385,11 +412,25 @@ class GamerClient:
             pending.handle.worker = pending.link.peer
         if error is None:
             self.stats.verified += 1
+            outcome = "ok"
         else:
             self.stats.failed += 1
+            outcome = error.code
             if isinstance(error, TaskTimeoutError):
                 self.stats.timeouts += 1
-        pending.handle._resolve(output, error, trio.current_time())
+        now = trio.current_time()
+        pending.handle._resolve(output, error, now)
+        latency = now - pending.handle.submitted_at
+        kind = pending.record.kind
+        self.metrics.observe_task(kind, outcome, latency)
+        if output is not None:
+            self.metrics.bytes.labels("in").inc(len(output))
+        worker = pending.link.peer if pending.link is not None else None
+        for hook in self._completion_hooks:
+            try:
+                hook(kind, worker, latency, outcome)
+            except Exception:  # a hook must never break result delivery
+                log.exception("completion hook failed")
 
     def _cancel(self, handle: TaskHandle) -> None:
         pending = self._pending.get(handle.task_id)
@@ -550,9 +591,11 @@ class GamerClient:
             verify_receipt(link.peer, d, rec.signature)
         except (VerificationError, ProtocolError) as exc:
             self.stats.verification_failures += 1
+            self.metrics.verification.labels("bad_signature_or_binding").inc()
             log.warning("rejected a result from worker %s: %s", link.name, exc)
             self._finish(pending, None, VerificationError(f"result from worker {link.name} rejected: {exc}"))
             return
+        self.metrics.verification.labels("signature_ok").inc()
         self._finish(pending, output, None)
 
     def _open_output(self, rec: wire.ResultRecord) -> tuple[bytes, bytes]:

@@ -23,6 +23,7 @@ from mesh.gossip import Libp2pGossip
 from mesh.identity import Identity, load_or_create
 from mesh.libp2p_host import HostConfig, Libp2pHost, open_host
 from nodes.control import ControlConfig, ControlService, FileVoteStore, LocalLoad
+from nodes.metrics import serve_metrics
 from nodes.worker import Worker, WorkerConfig
 from tasks.registry import Registry, default_registry
 
@@ -45,6 +46,8 @@ class NodeConfig:
     slots_per_core: int = 4
     #: Seconds between DHT record refreshes (node record; region record when coordinating).
     dht_refresh_s: float = 30.0
+    #: Serve Prometheus metrics on 127.0.0.1 at this port (0: any free port; None: off).
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Node:
     registry: Registry
     control: ControlService
     discovery: Libp2pDiscovery
+    #: Port of the local ``/metrics`` endpoint, when enabled.
+    metrics_port: int | None = None
 
     @property
     def peer_id(self) -> str:
@@ -99,6 +104,10 @@ async def open_node(config: NodeConfig, *, registry: Registry | None = None) -> 
             except Exception as exc:
                 log.warning("could not connect to %s: %s", addr, exc)
         node = Node(identity, host, worker, registry, control, discovery)
+        if config.metrics_port is not None:
+            node.metrics_port = await nursery.start(
+                serve_metrics, worker.metrics, "127.0.0.1", config.metrics_port
+            )
         nursery.start_soon(_dht_loop, node, config)
         stop_mdns = None
         if config.mdns:

@@ -44,6 +44,7 @@ from mesh.errors import (
 )
 from mesh.identity import Identity, peer_id_to_str
 from mesh.transport import Host, Stream, write_chunked
+from nodes.metrics import NodeMetrics
 from tasks.receipt import receipt_digest
 from tasks.registry import Registry, TaskKind
 
@@ -114,6 +115,7 @@ class Worker:
         self.registry = registry
         self.config = config
         self.stats = WorkerStats()
+        self.metrics = NodeMetrics("worker")
         self._limiter = trio.CapacityLimiter(config.concurrency)
         self._queued = 0
         self._executor: Executor | None = None
@@ -215,6 +217,7 @@ class Worker:
                 bodies = list(decoder.feed(data))
             except FrameTooLargeError as exc:
                 self.stats.protocol_errors += 1
+                self.metrics.protocol_errors.inc()
                 log.warning("peer %s: %s; resetting the stream", peer, exc)
                 await send.send(wire.encode_error(exc.code, str(exc)))
                 await trio.sleep(0.05)  # give the writer a moment to get the error out
@@ -224,6 +227,7 @@ class Worker:
                     frame = wire.decode_frame(body, self.config.max_frame)
                 except ProtocolError as exc:
                     self.stats.protocol_errors += 1
+                    self.metrics.protocol_errors.inc()
                     log.warning("peer %s sent a bad frame: %s", peer, exc)
                     await send.send(wire.encode_error(exc.code, str(exc)))
                     continue
@@ -246,6 +250,7 @@ class Worker:
                     pass  # cancellation of queued work is best effort; results are dropped by the gamer
                 else:
                     self.stats.protocol_errors += 1
+                    self.metrics.protocol_errors.inc()
                     log.warning("peer %s sent a %r frame on a task stream", peer, frame.type)
                     await send.send(
                         wire.encode_error(ProtocolError.code, f"unexpected frame type {frame.type!r}")
@@ -259,18 +264,28 @@ class Worker:
         received_at: float,
     ) -> None:
         async with send:
+            kind_label = task.kind if task.kind in self.registry else "unknown"
+            self.metrics.in_flight.inc()
+            self.metrics.bytes.labels("in").inc(len(task.data))
             try:
-                reply: wire.ResultRecord | wire.ErrorRecord = await self._compute(task, received_at)
+                result = await self._compute(task, received_at)
+                reply: wire.ResultRecord | wire.ErrorRecord = result
                 self.stats.completed += 1
+                self.metrics.bytes.labels("out").inc(len(result.output))
+                outcome = "ok"
             except P2C2RError as exc:
                 self.stats.failed += 1
                 reply = wire.ErrorRecord(task.task_id, exc.code, str(exc))
+                outcome = exc.code
             except Exception as exc:  # a kernel bug must become a typed error, not a dead stream
                 self.stats.failed += 1
                 log.exception("kernel %s failed", task.kind)
                 reply = wire.ErrorRecord(task.task_id, TaskFailedError.code, f"{type(exc).__name__}: {exc}")
+                outcome = TaskFailedError.code
             finally:
                 self._queued -= 1
+                self.metrics.in_flight.dec()
+            self.metrics.observe_task(kind_label, outcome, trio.current_time() - received_at)
             try:
                 await send.send(reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -287,6 +302,7 @@ class Worker:
             with trio.move_on_at(deadline) as scope:
                 async with self._limiter:
                     t0 = trio.current_time()
+                    self.metrics.queue_wait.labels(task.kind).observe(t0 - received_at)
                     in_digest, out_digest, output = await self._offload(kind, task, params)
                     self.stats.busy_s += trio.current_time() - t0
             if scope.cancelled_caught:

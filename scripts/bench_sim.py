@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Measure how the simulator scales with the number of peers; write the figures as JSON.
+
+For each peer count, runs ``p2c2r simulate`` on the scale scenario (all its policies, in
+``--jobs`` processes) in a fresh interpreter and records wall time, peak RSS (the parent and
+the largest policy worker; their sum bounds the total, since the workers run side by side),
+events processed and the per-policy target figures from the run's summary.json.
+
+    python scripts/bench_sim.py [--peers 100 1000 10000] [--duration 600] [--json bench_sim.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from simulations.cli import run_simulate
+t0 = time.perf_counter()
+rc = run_simulate(sys.argv[2], int(sys.argv[3]), sys.argv[4], progress=False, jobs=int(sys.argv[5]),
+                  peers=int(sys.argv[6]), duration_s=float(sys.argv[7]), plots=False)
+wall = time.perf_counter() - t0
+me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"rc": rc, "wall_s": wall, "rss_parent_mib": me, "rss_worker_max_mib": kids}))
+"""
+
+
+def run_one(scenario: Path, peers: int, duration: float, jobs: int, seed: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(ROOT), str(scenario), str(seed), out, str(jobs), str(peers),
+             str(duration)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"simulate failed for {peers} peers:\n{proc.stderr[-3000:]}")
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        doc = json.loads((Path(out) / "summary.json").read_text())
+    per_policy = {
+        name: {
+            "throughput_tps": s["throughput_tps"],
+            "tasks_per_s_per_100_peers": s["tasks_per_s_per_100_peers"],
+            "utilisation": s["utilisation"],
+            "control_share": s["control_share"],
+            "control_share_if_heartbeats_flooded": s["control_share_if_heartbeats_flooded"],
+            "simple_p50_ms": s["simple_p50_ms"],
+            "p50_ms": s["latency_ms"]["p50"],
+            "p95_ms": s["latency_ms"]["p95"],
+            "deadline_miss_rate": s["deadline_miss_rate"],
+            "failovers": s["failovers"],
+            "failover_gap_max_s": s["failover_gap_s"]["max"],
+        }
+        for name, s in doc["policies"].items()
+    }
+    return {
+        "peers": peers,
+        "gamers": doc["gamers"],
+        "streams": doc["streams"],
+        "sim_duration_s": duration,
+        "policies": len(per_policy),
+        "jobs": jobs,
+        "wall_s": round(wall, 2),
+        "wall_in_run_s": round(m["wall_s"], 2),
+        "rss_parent_mib": round(m["rss_parent_mib"], 1),
+        "rss_worker_max_mib": round(m["rss_worker_max_mib"], 1),
+        "rss_total_bound_mib": round(m["rss_parent_mib"] + jobs * m["rss_worker_max_mib"], 1),
+        "results": per_policy,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenario", type=Path, default=ROOT / "simulations" / "scenarios" / "scale.toml")
+    ap.add_argument("--peers", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--duration", type=float, default=600.0, help="simulated seconds")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write results here")
+    args = ap.parse_args(argv)
+    rows = []
+    for n in args.peers:
+        row = run_one(args.scenario, n, args.duration, args.jobs, args.seed)
+        rows.append(row)
+        print(
+            f"{n:>6} peers  {row['wall_s']:8.1f} s wall  parent {row['rss_parent_mib']:.0f} MiB  "
+            f"worker max {row['rss_worker_max_mib']:.0f} MiB",
+            flush=True,
+        )
+    for a, b in itertools.pairwise(rows):
+        growth = b["wall_s"] / a["wall_s"] if a["wall_s"] else float("nan")
+        print(f"  {a['peers']} -> {b['peers']} peers: wall x{growth:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"scenario": str(args.scenario), "runs": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

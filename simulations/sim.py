@@ -1,0 +1,1187 @@
+"""One simulation run: a world, a placement policy, and the real sans-IO cores in virtual time.
+
+What runs where
+    * every region steward (voter) runs a real ``ElectionCore``; their messages travel through
+      the network model with delay, loss and partitions. ``BecomeCoordinator`` / ``StepDown``
+      decide which peer coordinates the region;
+    * the acting coordinator of a region owns a real ``MembershipCore`` (fed by the region's
+      heartbeats, built with ``MembershipCore.local_heartbeat``-equivalent ``Heartbeat``s whose
+      sizes come from ``Heartbeat.encode()``) and a real ``Scheduler`` with the policy under
+      test. A new coordinator starts both from empty, as a real one would after failover;
+    * gamers hold placement leases from their region's coordinator and send tasks straight to
+      the leased worker (the coordinator never sees task bytes); workers are k-slot FIFO
+      queues with service times from calibrated kind costs scaled by CPU speed / GPU;
+    * coordinators gossip ``RegionSummary``s to each other, so ``OverflowToRegion`` works.
+
+Shell decisions (what the real node's shell would do; the cores do not prescribe them)
+    * heartbeats go to the region's coordinator (``heartbeat_delivery = "coordinator"``);
+      with ``"topic"`` every region member receives each one (bytes only: one table is kept);
+      the summary always reports what flooding would cost;
+    * a stored heartbeat whose load, queue depth and incarnation equal what the scheduler
+      already has is not passed to ``Scheduler.on_worker`` again (it would be a no-op);
+    * the gamer reports measured service times to the coordinator piggybacked on its next
+      lease request (``Scheduler.on_completion``), renews a lease 1 s before it ends (with the
+      current worker as affinity), and drops a lease after 3 consecutive misses;
+    * verification: a gamer spot-checks a fraction of results; a caught cheater is banned
+      (``on_worker_gone`` on its coordinator, heartbeats ignored). The repository has no
+      verification/reputation core yet, so this policy lives here (see the report).
+
+Determinism: one event heap ordered by (time, seq); every random draw comes from a generator
+seeded by (seed, concern); no set of peers is ever iterated unsorted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, field
+from typing import Any
+
+import msgpack
+
+from mesh.election import (
+    BecomeCoordinator,
+    Broadcast,
+    ElectionConfig,
+    ElectionCore,
+    ElectionEffect,
+    ElectionMessage,
+    InvariantViolated,
+    PersistVote,
+    Renew,
+    Send,
+    StepDown,
+    VoteRecord,
+    candidate_score,
+)
+from mesh.membership import (
+    Heartbeat,
+    MembershipConfig,
+    MembershipCore,
+    PeerAlive,
+    PeerDead,
+    PeerJoined,
+    PeerSuspected,
+)
+from mesh.vivaldi import estimate_rtt
+from nodes.scheduler import (
+    LeaseGranted,
+    OverflowToRegion,
+    PlacementLease,
+    PlacementRefused,
+    PlacementRequest,
+    RegionSummary,
+    Scheduler,
+    SchedulerConfig,
+    policy_by_name,
+)
+from simulations.engine import EventLoop
+from simulations.network import NetworkModel
+from simulations.world import World, concern_seed
+
+__all__ = ["OUTCOMES", "SimResult", "Simulation"]
+
+#: Task outcome codes (index = code stored per task).
+OUTCOMES = ("ok", "late", "lost", "unplaced", "wrong", "caught")
+OK, LATE, LOST, UNPLACED, WRONG, CAUGHT = range(6)
+
+SIG_BYTES = 64
+ENVELOPE_BYTES = 16  # gossip/stream framing around a signed message
+RENEW_MARGIN_S = 1.0
+REQUEST_TIMEOUT_S = 1.0
+RETRY_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
+MISSES_TO_DROP = 3
+HB_SLOTS = 10
+MEM_TICK_S = 0.1
+CANDIDATE_REFRESH_S = 5.0
+HB_REENCODE_EVERY = 64
+#: Workloads at or above this priority class are batch work (background on the worker).
+BATCH_PRIORITY = 2
+
+
+@dataclass
+class SimResult:
+    """Everything a run measured, for ``simulations.report`` (picklable)."""
+
+    policy: str
+    interval_s: float
+    # per task (record order)
+    t_stream: array  # type: ignore[type-arg]
+    t_worker: array  # type: ignore[type-arg]
+    t_submit: array  # type: ignore[type-arg]
+    t_latency: array  # type: ignore[type-arg]
+    t_service: array  # type: ignore[type-arg]
+    t_outcome: array  # type: ignore[type-arg]
+    # per interval
+    busy: list[float]
+    capacity: list[float]
+    ctrl_bytes: list[float]
+    task_bytes: list[float]
+    topic_hb_bytes: list[float]
+    direct_hb_bytes: list[float]
+    online: list[int]
+    coordinators: list[int]
+    # coordinator log: (t, region, event, peer, epoch, gap_s)
+    failovers: list[tuple[float, str, str, str, int, float]]
+    counters: dict[str, int]
+    events_run: int = 0
+    wall_s: float = 0.0
+
+
+class _Peer:
+    __slots__ = (
+        "batch_free",
+        "hb_count",
+        "hb_size",
+        "inc",
+        "joined_at",
+        "online",
+        "pending",
+        "rho",
+        "seq",
+        "session_end",
+        "slot_free",
+    )
+
+    def __init__(self, cores: int) -> None:
+        self.online = False
+        self.inc = 0
+        self.seq = 0
+        self.session_end = 0.0
+        self.joined_at = 0.0
+        self.slot_free = [0.0] * cores
+        self.batch_free = [0.0] * cores
+        self.rho = 0.0
+        self.pending: deque[tuple[float, float]] = deque()
+        self.hb_size = 0
+        self.hb_count = 0
+
+
+class _Coordinator:
+    __slots__ = ("alive", "epoch", "last_view", "membership", "peer", "region", "scheduler", "tick_at")
+
+    def __init__(self, peer: int, region: int, epoch: int, membership: MembershipCore, scheduler: Scheduler):
+        self.peer = peer
+        self.region = region
+        self.epoch = epoch
+        self.membership = membership
+        self.scheduler = scheduler
+        self.alive = True
+        self.tick_at = math.inf
+        self.last_view: dict[str, tuple[int, int, float]] = {}
+
+
+class _Voter:
+    __slots__ = ("core", "gen", "peer", "region", "tick_at")
+
+    def __init__(self, peer: int, region: int) -> None:
+        self.peer = peer
+        self.region = region
+        self.core: ElectionCore | None = None
+        self.gen = 0
+        self.tick_at = math.inf
+
+
+class _Lane:
+    __slots__ = (
+        "backoff",
+        "busy",
+        "held",
+        "lane",
+        "lease_coord",
+        "lease_exp",
+        "lease_id",
+        "misses",
+        "req_id",
+        "req_n",
+        "samples",
+        "stream",
+        "worker",
+    )
+
+    def __init__(self, stream: int, lane: int) -> None:
+        self.stream = stream
+        self.lane = lane
+        self.worker = -1
+        self.lease_id = 0
+        self.lease_exp = 0.0
+        self.lease_coord: _Coordinator | None = None
+        self.req_id: str | None = None
+        self.req_n = 0
+        self.held: list[float] = []
+        self.misses = 0
+        self.busy = 0
+        self.backoff = RETRY_BACKOFF_S
+        self.samples: list[tuple[int, float]] = []
+
+
+@dataclass
+class _Stream:
+    index: int
+    gamer: int
+    region: int
+    kind: str
+    deadline_s: float
+    priority: int
+    period_s: float
+    closed: bool
+    cost_s: float
+    in_bytes: int
+    out_bytes: int
+    gpu_speedup: float
+    lease_s: float | None
+    slots: int
+    lanes: list[_Lane] = field(default_factory=list)
+
+
+def _msg_size(msg: Any) -> int:
+    body = [type(msg).__name__, *astuple(msg)]
+    return len(msgpack.packb(body, use_bin_type=True)) + SIG_BYTES + ENVELOPE_BYTES
+
+
+class Simulation:
+    """Simulate ``world`` under placement policy ``policy``; ``run()`` returns a ``SimResult``."""
+
+    def __init__(
+        self,
+        world: World,
+        policy: str,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        self.w = world
+        self.scn = world.scenario
+        self.policy = policy
+        self.progress = progress
+        seed = world.seed
+        self.loop = EventLoop()
+        self.net = NetworkModel(
+            self.scn.network,
+            world.region_of,
+            world.access_s,
+            world.up_bps,
+            random.Random(concern_seed(seed, "net")),
+        )
+        self.rng_service = random.Random(concern_seed(seed, "service"))
+        self.rng_verify = random.Random(concern_seed(seed, "verify"))
+        self.rng_election = random.Random(concern_seed(seed, "election"))
+        ctl = self.scn.control
+        self.mem_cfg = MembershipConfig(
+            heartbeat_interval_s=ctl.heartbeat_interval_s,
+            suspect_after_s=ctl.suspect_after_s,
+            dead_after_s=ctl.dead_after_s,
+            forget_after_s=ctl.forget_after_s,
+            max_peers=max(20_000, 2 * world.n_peers),
+        )
+        self.sched_cfg = SchedulerConfig(lease_s=ctl.lease_s, max_queue_wait_s=ctl.max_queue_wait_s)
+        self.elec_cfg = ElectionConfig(lease_s=ctl.election_lease_s, renew_interval_s=ctl.renew_interval_s)
+        self.interval_s = self.scn.output.interval_s
+        self.n_intervals = max(1, math.ceil(self.scn.duration_s / self.interval_s))
+        n = self.n_intervals
+        self.busy = [0.0] * n
+        self.cap = [0.0] * n
+        self.ctrl = [0.0] * n
+        self.task_bytes = [0.0] * n
+        self.topic_hb = [0.0] * n
+        self.direct_hb = [0.0] * n
+        self.online_n = [0] * n
+        self.coord_n = [0] * n
+        self.failovers: list[tuple[float, str, str, str, int, float]] = []
+        self.counters: dict[str, int] = {}
+        self.t_stream: array = array("i")  # type: ignore[type-arg]
+        self.t_worker: array = array("i")  # type: ignore[type-arg]
+        self.t_submit: array = array("d")  # type: ignore[type-arg]
+        self.t_latency: array = array("d")  # type: ignore[type-arg]
+        self.t_service: array = array("d")  # type: ignore[type-arg]
+        self.t_outcome: array = array("b")  # type: ignore[type-arg]
+
+        R = len(self.scn.network.regions)
+        self.R = R
+        self.peers = [_Peer(c) for c in world.peer_cores]
+        self.peer_index = {pid: i for i, pid in enumerate(world.peer_ids)}
+        self.banned = [False] * world.n_peers
+        self.region_online = [0] * R
+        self.online_slots = 0
+        self.acting: list[_Coordinator | None] = [None] * R
+        self.region_lost_at: list[float] = [0.0] * R
+        self.voters: list[list[_Voter]] = [
+            [_Voter(p, r) for p in world.stewards_by_region[r]] for r in range(R)
+        ]
+        self.voter_by_id: dict[str, _Voter] = {world.peer_ids[v.peer]: v for vs in self.voters for v in vs}
+        self.persisted: dict[int, VoteRecord] = {}
+        self.leases_on: dict[int, dict[_Lane, None]] = {}
+        self.req_lane: dict[str, _Lane] = {}
+        gpu = dict(self.scn.peers.gpu_speedup)
+        self.streams: list[_Stream] = []
+        for sd in world.streams:
+            wl = self.scn.workloads[sd.workload]
+            prof = world.profiles[sd.workload]
+            st = _Stream(
+                sd.index,
+                sd.gamer,
+                world.region_of[sd.gamer],
+                wl.kind,
+                wl.deadline_ms / 1000.0,
+                wl.priority,
+                sd.period_s,
+                sd.lanes > 0,
+                prof.cost_ms / 1000.0,
+                prof.in_bytes,
+                prof.out_bytes,
+                gpu.get(wl.kind, 1.0),
+                wl.lease_s or None,
+                max(1, wl.slots),
+            )
+            st.lanes = [_Lane(sd.index, k) for k in range(max(1, sd.lanes))]
+            self.streams.append(st)
+        self.gamer_ids = world.gamer_ids
+        self.n_peers = world.n_peers
+        sigma2 = math.log(1.0 + self.scn.peers.service_cv**2)
+        self.svc_mu = -0.5 * sigma2
+        self.svc_sigma = math.sqrt(sigma2)
+        self.req_bytes = _msg_size(
+            PlacementRequest("s000000.0.000", "g00000", "upscale", 1, 1.0, 1, None, "p00000", None)
+        )
+        self.lease_bytes = _msg_size(
+            PlacementLease(1, "s000000.0.000", "g00000", "p00000", "upscale", 1, 1.0, 0.01)
+        )
+        self.small_bytes = 48 + SIG_BYTES + ENVELOPE_BYTES
+        self.warm = self.scn.output.warmup_s
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _bucket(self, t: float) -> int:
+        i = int(t / self.interval_s)
+        return i if i < self.n_intervals else self.n_intervals - 1
+
+    def _ctrl(self, nbytes: float) -> None:
+        self.ctrl[self._bucket(self.loop.now)] += nbytes
+
+    def _add_busy(self, start: float, end: float) -> None:
+        iv = self.interval_s
+        t = start
+        while t < end:
+            i = int(t / iv)
+            if i >= self.n_intervals:
+                return
+            b_end = (i + 1) * iv
+            e = end if end < b_end else b_end
+            self.busy[i] += e - t
+            t = e
+
+    def _record(
+        self, lane: _Lane, worker: int, t0: float, latency: float, service: float, outcome: int
+    ) -> None:
+        if t0 < self.warm:
+            return
+        self.t_stream.append(lane.stream)
+        self.t_worker.append(worker)
+        self.t_submit.append(t0)
+        self.t_latency.append(latency)
+        self.t_service.append(service)
+        self.t_outcome.append(outcome)
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        import time
+
+        wall0 = time.perf_counter()
+        loop = self.loop
+        w = self.w
+        for p in range(self.n_peers):
+            for start, _end in w.sessions[p]:
+                if start < self.scn.duration_s:
+                    loop.schedule(start, self._peer_join, p)
+        for r in range(self.R):
+            for v in self.voters[r]:
+                loop.schedule(0.0, self._voter_start, v)
+            loop.schedule(0.0, self._candidates_tick, r)
+        interval = self.scn.control.heartbeat_interval_s
+        self.slot_peers: list[list[list[int]]] = [[[] for _ in range(HB_SLOTS)] for _ in range(self.R)]
+        for p in range(self.n_peers):
+            s = min(HB_SLOTS - 1, int(w.hb_phase[p] / interval * HB_SLOTS))
+            self.slot_peers[w.peer_region[p]][s].append(p)
+        for r in range(self.R):
+            for s in range(HB_SLOTS):
+                loop.schedule(s * interval / HB_SLOTS, self._hb_slot, r, s)
+        for i in range(self.n_intervals):
+            loop.schedule(i * self.interval_s, self._interval, i)
+        for st in self.streams:
+            if st.closed:
+                for lane in st.lanes:
+                    loop.schedule(self.w.streams[st.index].phase_s, self._lane_next, lane)
+            else:
+                loop.schedule(self.w.streams[st.index].phase_s, self._frame, st)
+        for ev in self.scn.events:
+            loop.schedule(ev.at_s, self._event, ev)
+        for part in self.scn.network.partitions:
+            loop.schedule(part.start_s, self._partition_start, part)
+        loop.run_until(self.scn.duration_s)
+        # Frames still held for want of a lease at the end are unplaced if already late.
+        for st in self.streams:
+            for lane in st.lanes:
+                for t0 in lane.held:
+                    if t0 + st.deadline_s <= self.scn.duration_s:
+                        self._record(lane, -1, t0, math.nan, math.nan, UNPLACED)
+        return SimResult(
+            policy=self.policy,
+            interval_s=self.interval_s,
+            t_stream=self.t_stream,
+            t_worker=self.t_worker,
+            t_submit=self.t_submit,
+            t_latency=self.t_latency,
+            t_service=self.t_service,
+            t_outcome=self.t_outcome,
+            busy=self.busy,
+            capacity=self.cap,
+            ctrl_bytes=self.ctrl,
+            task_bytes=self.task_bytes,
+            topic_hb_bytes=self.topic_hb,
+            direct_hb_bytes=self.direct_hb,
+            online=self.online_n,
+            coordinators=self.coord_n,
+            failovers=self.failovers,
+            counters=dict(sorted(self.counters.items())),
+            events_run=loop.events_run,
+            wall_s=time.perf_counter() - wall0,
+        )
+
+    def _interval(self, i: int) -> None:
+        self.cap[i] += self.online_slots * self.interval_s
+        self.online_n[i] = sum(self.region_online)
+        self.coord_n[i] = sum(1 for c in self.acting if c is not None)
+        if self.progress is not None:
+            self.progress(self.loop.now)
+
+    # -- churn and events ------------------------------------------------------------------
+
+    def _slots_change(self, p: int, sign: int) -> None:
+        k = self.w.peer_cores[p] * sign
+        self.online_slots += k
+        now = self.loop.now
+        i = self._bucket(now)
+        if now < self.n_intervals * self.interval_s:
+            self.cap[i] += k * ((i + 1) * self.interval_s - now)
+
+    def _peer_join(self, p: int, session_end: float | None = None) -> None:
+        peer = self.peers[p]
+        if peer.online:
+            return
+        now = self.loop.now
+        peer.online = True
+        peer.inc = int(now * 1000) + 1
+        peer.seq = 0
+        peer.hb_count = 0
+        peer.joined_at = now
+        peer.slot_free = [now] * len(peer.slot_free)
+        peer.batch_free = [now] * len(peer.batch_free)
+        peer.rho = 0.0
+        peer.pending.clear()
+        if session_end is None:
+            session_end = math.inf
+            for start, end in self.w.sessions[p]:
+                if start <= now < end:
+                    session_end = end
+                    break
+        peer.session_end = session_end
+        self.region_online[self.w.peer_region[p]] += 1
+        self._slots_change(p, +1)
+        if session_end < self.scn.duration_s:
+            self.loop.schedule(session_end, self._peer_leave, p, peer.inc, None)
+        v = self.voter_by_id.get(self.w.peer_ids[p])
+        if v is not None and v.core is None and now > 0:
+            self._voter_start(v)
+
+    def _peer_leave(self, p: int, inc: int, graceful: bool | None) -> None:
+        peer = self.peers[p]
+        if not peer.online or peer.inc != inc:
+            return
+        now = self.loop.now
+        if graceful is None:
+            graceful = self.rng_service.random() < self.scn.churn.graceful_fraction
+        peer.online = False
+        peer.session_end = min(peer.session_end, now)
+        self.region_online[self.w.peer_region[p]] -= 1
+        self._slots_change(p, -1)
+        r = self.w.peer_region[p]
+        c = self.acting[r]
+        if c is not None and c.peer == p:
+            self._coordinator_lost(c, "coordinator peer left")
+        v = self.voter_by_id.get(self.w.peer_ids[p])
+        if v is not None and v.core is not None:
+            v.core = None
+            v.gen += 1
+        if graceful:
+            c = self.acting[r]
+            if c is not None:
+                d = self.net.control_delay(p, c.peer)
+                self._ctrl(self.small_bytes)
+                if d is not None:
+                    self.loop.schedule(now + d, self._goodbye_arrive, c, p)
+            for lane in list(self.leases_on.get(p, {})):
+                d2 = self.net.control_delay(p, self.streams[lane.stream].gamer)
+                if d2 is not None:
+                    self.loop.schedule(now + d2, self._stream_reset, lane, p)
+
+    def _goodbye_arrive(self, c: _Coordinator, p: int) -> None:
+        if c.alive:
+            c.membership.on_peer_left(self.w.peer_ids[p], self.loop.now)
+            self._membership_effects(c)
+
+    def _stream_reset(self, lane: _Lane, p: int) -> None:
+        if lane.worker == p:
+            self._drop_lease(lane)
+            self._maybe_request(lane)
+
+    def _event(self, ev: Any) -> None:
+        now = self.loop.now
+        if ev.action == "kill_coordinator":
+            r = self.scn.network.regions.index(ev.region)
+            c = self.acting[r]
+            if c is None:
+                self._count("kill_no_coordinator")
+                return
+            p = c.peer
+        else:
+            p = self.peer_index.get(ev.peer, -1)
+            if p < 0:
+                return
+        self.failovers.append(
+            (now, self.scn.network.regions[self.w.peer_region[p]], "killed", self.w.peer_ids[p], 0, 0.0)
+        )
+        self._peer_leave(p, self.peers[p].inc, False)
+        if ev.restart_after_s > 0:
+            self.loop.schedule(now + ev.restart_after_s, self._peer_join, p, math.inf)
+
+    def _partition_start(self, part: Any) -> None:
+        regions = frozenset(self.scn.network.regions.index(r) for r in part.regions)
+        eps: frozenset[int] = frozenset()
+        if part.isolate_coordinator:
+            c = self.acting[self.scn.network.regions.index(part.isolate_coordinator)]
+            if c is not None:
+                eps = frozenset([c.peer])
+        cut = self.net.add_cut(regions, eps)
+        self._count("partitions")
+        self.loop.schedule(part.end_s, self.net.remove_cut, cut)
+
+    # -- election --------------------------------------------------------------------------
+
+    def _voter_start(self, v: _Voter) -> None:
+        if not self.peers[v.peer].online and self.loop.now > 0:
+            return
+        r = v.region
+        v.gen += 1
+        v.core = ElectionCore(
+            self.w.peer_ids[v.peer],
+            self.scn.network.regions[r],
+            tuple(self.w.peer_ids[u.peer] for u in self.voters[r]),
+            random.Random(self.rng_election.getrandbits(64)),
+            now=self.loop.now,
+            config=self.elec_cfg,
+            restored_vote=self.persisted.get(v.peer),
+        )
+        v.core.on_candidates(self._scores(r), self.loop.now)
+        v.tick_at = math.inf
+        self._election_touch(v)
+
+    def _scores(self, r: int) -> dict[str, float]:
+        now = self.loop.now
+        cent = self.w.region_centroid[r]
+        out: dict[str, float] = {}
+        for v in self.voters[r]:
+            peer = self.peers[v.peer]
+            if peer.online or now == 0:
+                rtt = estimate_rtt(self.w.coords[v.peer], cent)
+                out[self.w.peer_ids[v.peer]] = candidate_score(
+                    self.w.peer_cores[v.peer], now - peer.joined_at, rtt
+                )
+        return out
+
+    def _candidates_tick(self, r: int) -> None:
+        scores = self._scores(r)
+        for v in self.voters[r]:
+            if v.core is not None:
+                v.core.on_candidates(scores, self.loop.now)
+                self._election_touch(v)
+        self.loop.schedule(self.loop.now + CANDIDATE_REFRESH_S, self._candidates_tick, r)
+
+    def _election_touch(self, v: _Voter) -> None:
+        core = v.core
+        if core is None:
+            return
+        self._election_effects(v, core.poll_effects())
+        if v.core is not core:
+            return
+        d = core.next_deadline()
+        if d is not None and d < v.tick_at:
+            now = self.loop.now
+            if d < now + 1e-6:
+                d = now + 1e-6
+            v.tick_at = d
+            self.loop.schedule(d, self._election_tick, v, v.gen)
+
+    def _election_tick(self, v: _Voter, gen: int) -> None:
+        if gen != v.gen or v.core is None:
+            return
+        v.tick_at = math.inf
+        v.core.on_tick(self.loop.now)
+        self._election_touch(v)
+
+    def _election_deliver(self, v: _Voter, gen: int, msg: ElectionMessage) -> None:
+        if gen != v.gen or v.core is None:
+            return
+        v.core.on_message(msg, self.loop.now)
+        self._election_touch(v)
+
+    def _election_send(self, src: _Voter, dst: _Voter, msg: ElectionMessage) -> None:
+        if dst.core is None:
+            return
+        d = self.net.control_delay(src.peer, dst.peer)
+        if d is not None:
+            self.loop.schedule(self.loop.now + d, self._election_deliver, dst, dst.gen, msg)
+
+    def _election_effects(self, v: _Voter, effects: list[ElectionEffect]) -> None:
+        r = v.region
+        for eff in effects:
+            if isinstance(eff, Broadcast):
+                size = _msg_size(eff.message)
+                copies = self.region_online[r] if isinstance(eff.message, Renew) else len(self.voters[r]) - 1
+                self._ctrl(size * max(copies, 0))
+                for u in self.voters[r]:
+                    if u is not v:
+                        self._election_send(v, u, eff.message)
+            elif isinstance(eff, Send):
+                self._ctrl(_msg_size(eff.message))
+                dst = self.voter_by_id.get(eff.to)
+                if dst is not None:
+                    self._election_send(v, dst, eff.message)
+            elif isinstance(eff, PersistVote):
+                self.persisted[v.peer] = VoteRecord(eff.epoch, eff.candidate)
+            elif isinstance(eff, BecomeCoordinator):
+                self._become_coordinator(v, eff.epoch)
+            elif isinstance(eff, StepDown):
+                c = self.acting[r]
+                if c is not None and c.peer == v.peer:
+                    self._coordinator_lost(c, f"step down: {eff.reason}")
+            elif isinstance(eff, InvariantViolated):
+                self._count("election_invariant_violations")
+
+    def _become_coordinator(self, v: _Voter, epoch: int) -> None:
+        now = self.loop.now
+        r = v.region
+        old = self.acting[r]
+        if old is not None:
+            self._count("coordinator_overlap")
+            self._coordinator_lost(old, "superseded")
+        pid = self.w.peer_ids[v.peer]
+        sched = Scheduler(
+            random.Random(concern_seed(self.w.seed, "sched", r * 100_003 + epoch)),
+            self.sched_cfg,
+            policy_by_name(self.policy),
+            region=self.scn.network.regions[r],
+        )
+        c = _Coordinator(v.peer, r, epoch, MembershipCore(pid, self.mem_cfg, now=now), sched)
+        self.acting[r] = c
+        gap = now - self.region_lost_at[r]
+        self.failovers.append((now, self.scn.network.regions[r], "elected", pid, epoch, gap))
+        self._count("elections")
+        self.loop.schedule(now + MEM_TICK_S, self._mem_tick, c)
+        self.loop.schedule(now + self.scn.control.summary_interval_s, self._summary_tick, c)
+
+    def _coordinator_lost(self, c: _Coordinator, why: str) -> None:
+        if not c.alive:
+            return
+        c.alive = False
+        r = c.region
+        if self.acting[r] is c:
+            self.acting[r] = None
+            self.region_lost_at[r] = self.loop.now
+        self.failovers.append(
+            (self.loop.now, self.scn.network.regions[r], "lost", self.w.peer_ids[c.peer], c.epoch, 0.0)
+        )
+
+    # -- coordinator: membership, scheduler ------------------------------------------------
+
+    def _mem_tick(self, c: _Coordinator) -> None:
+        if not c.alive:
+            return
+        c.membership.on_tick(self.loop.now)
+        self._membership_effects(c)
+        self.loop.schedule(self.loop.now + MEM_TICK_S, self._mem_tick, c)
+
+    def _membership_effects(self, c: _Coordinator) -> None:
+        effects = c.membership.poll_effects()
+        if not effects:
+            return
+        now = self.loop.now
+        sched = c.scheduler
+        for eff in effects:
+            if isinstance(eff, (PeerJoined, PeerAlive)):
+                hb = eff.heartbeat
+                p = self.peer_index[hb.peer]
+                if not self.banned[p]:
+                    c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
+                    sched.on_worker(
+                        hb.peer,
+                        self.w.capacity[p],
+                        now,
+                        queue_depth=hb.queue_depth,
+                        load=hb.load,
+                        coord=hb.coord,
+                    )
+            elif isinstance(eff, (PeerSuspected, PeerDead)):
+                c.last_view.pop(eff.peer, None)
+                sched.on_worker_gone(eff.peer, now)
+        self._sched_touch(c)
+
+    def _sched_touch(self, c: _Coordinator) -> None:
+        sched = c.scheduler
+        effects = sched.poll_effects()
+        if effects:
+            self._sched_effects(c, effects)
+        d = sched.next_deadline()
+        if d is not None and d < c.tick_at:
+            c.tick_at = d
+            self.loop.schedule(d, self._sched_tick, c)
+
+    def _sched_tick(self, c: _Coordinator) -> None:
+        if not c.alive:
+            return
+        c.tick_at = math.inf
+        c.scheduler.on_tick(self.loop.now)
+        self._sched_touch(c)
+
+    def _sched_effects(self, c: _Coordinator, effects: list[Any]) -> None:
+        now = self.loop.now
+        for eff in effects:
+            if isinstance(eff, LeaseGranted):
+                lane = self.req_lane.get(eff.lease.request_id)
+                self._ctrl(self.lease_bytes)
+                if lane is None:
+                    continue
+                d = self.net.control_delay(c.peer, self.streams[lane.stream].gamer)
+                if d is not None:
+                    self.loop.schedule(now + d, self._lease_arrive, lane, eff.lease, c)
+            elif isinstance(eff, PlacementRefused):
+                self._count("refused")
+                lane = self.req_lane.get(eff.request_id)
+                self._ctrl(self.small_bytes)
+                if lane is None:
+                    continue
+                d = self.net.control_delay(c.peer, self.streams[lane.stream].gamer)
+                if d is not None:
+                    self.loop.schedule(now + d, self._refused_arrive, lane, eff.request_id)
+            elif isinstance(eff, OverflowToRegion):
+                self._count("overflowed")
+                r2 = self.scn.network.regions.index(eff.region)
+                c2 = self.acting[r2]
+                self._ctrl(self.req_bytes)
+                if c2 is None or self.w.peer_ids[c2.peer] != eff.coordinator:
+                    continue
+                d = self.net.control_delay(c.peer, c2.peer)
+                if d is not None:
+                    self.loop.schedule(now + d, self._submit_arrive, c2, eff.request, ())
+
+    def _summary_tick(self, c: _Coordinator) -> None:
+        if not c.alive:
+            return
+        now = self.loop.now
+        summ = c.scheduler.region_summary(self.w.peer_ids[c.peer], self.w.region_centroid[c.region])
+        size = len(msgpack.packb([summ.region, summ.coordinator, summ.free_slots, summ.centroid.to_wire()]))
+        for c2 in self.acting:
+            if c2 is None or c2 is c:
+                continue
+            self._ctrl(size + SIG_BYTES + ENVELOPE_BYTES)
+            d = self.net.control_delay(c.peer, c2.peer)
+            if d is not None:
+                self.loop.schedule(now + d, self._summary_arrive, c2, summ)
+        self.loop.schedule(now + self.scn.control.summary_interval_s, self._summary_tick, c)
+
+    def _summary_arrive(self, c: _Coordinator, summ: RegionSummary) -> None:
+        if c.alive:
+            c.scheduler.on_region_summary(summ, self.loop.now)
+            self._sched_touch(c)
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def _hb_slot(self, r: int, s: int) -> None:
+        now = self.loop.now
+        loop = self.loop
+        c = self.acting[r]
+        w = self.w
+        peers = self.peers
+        net = self.net
+        region_name = self.scn.network.regions[r]
+        topic_copies = max(self.region_online[r] - 1, 0)
+        total = 0
+        topic = 0
+        for p in self.slot_peers[r][s]:
+            peer = peers[p]
+            if not peer.online:
+                continue
+            peer.seq += 1
+            # Load and queue as the worker would report them right now.
+            busy = 0
+            for f in peer.slot_free:
+                if f > now:
+                    busy += 1
+            for f in peer.batch_free:
+                if f > now:
+                    busy += 1
+            pend = peer.pending
+            while pend and pend[0][1] <= now:
+                pend.popleft()
+            queued = 0
+            for st, _f in pend:
+                if st > now:
+                    queued += 1
+            hb = Heartbeat(
+                w.peer_ids[p],
+                peer.inc,
+                peer.seq,
+                region_name,
+                "0.1.0",
+                min(1.0, busy / len(peer.slot_free)),
+                queued,
+                (),
+                w.coords[p],
+                w.coord_err[p],
+                now - peer.joined_at,
+            )
+            if peer.hb_count % HB_REENCODE_EVERY == 0:
+                cap_hb = Heartbeat(
+                    hb.peer, hb.incarnation, hb.seqno, hb.region, hb.version, hb.load, hb.queue_depth,
+                    Heartbeat.make_capacity(w.capacity[p]), hb.coord, hb.coord_error, hb.uptime_s,
+                )  # fmt: skip
+                peer.hb_size = len(cap_hb.encode()) + SIG_BYTES + ENVELOPE_BYTES
+            peer.hb_count += 1
+            total += peer.hb_size
+            topic += peer.hb_size * topic_copies
+            if c is None or c.peer == p or self.banned[p]:
+                continue
+            d = net.control_delay(p, c.peer)
+            if d is not None:
+                loop.schedule(now + d, self._hb_arrive, c, hb, p)
+        b = self._bucket(now)
+        self.ctrl[b] += topic if self.scn.control.heartbeat_delivery == "topic" else total
+        self.topic_hb[b] += topic
+        self.direct_hb[b] += total
+        loop.schedule(now + self.scn.control.heartbeat_interval_s, self._hb_slot, r, s)
+
+    def _hb_arrive(self, c: _Coordinator, hb: Heartbeat, p: int) -> None:
+        if not c.alive or self.banned[p]:
+            return
+        now = self.loop.now
+        mem = c.membership
+        if mem.on_heartbeat(hb, now):
+            effects = mem.poll_effects()
+            if effects:
+                # Joined/alive: hand over with the capacity the real heartbeat carries.
+                for eff in effects:
+                    if isinstance(eff, (PeerJoined, PeerAlive)):
+                        c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
+                        c.scheduler.on_worker(
+                            hb.peer,
+                            self.w.capacity[p],
+                            now,
+                            queue_depth=hb.queue_depth,
+                            load=hb.load,
+                            coord=hb.coord,
+                        )
+                self._sched_touch(c)
+                return
+            view = (hb.queue_depth, hb.incarnation, hb.load)
+            if c.last_view.get(hb.peer) != view:
+                c.last_view[hb.peer] = view
+                c.scheduler.on_worker(
+                    hb.peer, self.w.capacity[p], now, queue_depth=hb.queue_depth, load=hb.load, coord=hb.coord
+                )
+                self._sched_touch(c)
+
+    # -- gamers ----------------------------------------------------------------------------
+
+    def _frame(self, st: _Stream) -> None:
+        now = self.loop.now
+        lane = st.lanes[0]
+        self._dispatch(st, lane, now)
+        nxt = now + st.period_s
+        if nxt < self.scn.duration_s:
+            self.loop.schedule(nxt, self._frame, st)
+
+    def _lane_next(self, lane: _Lane) -> None:
+        st = self.streams[lane.stream]
+        if lane.busy >= st.slots:
+            return
+        now = self.loop.now
+        if now >= self.scn.duration_s:
+            return
+        self._maybe_request(lane)
+        while lane.worker >= 0 and now < lane.lease_exp and lane.busy < st.slots:
+            lane.busy += 1
+            self._send(st, lane, now)
+
+    def _dispatch(self, st: _Stream, lane: _Lane, t0: float) -> None:
+        self._maybe_request(lane)
+        if lane.worker >= 0 and self.loop.now < lane.lease_exp:
+            self._send(st, lane, t0)
+            return
+        held = lane.held
+        while held and held[0] + st.deadline_s <= self.loop.now:
+            self._record(lane, -1, held.pop(0), math.nan, math.nan, UNPLACED)
+        held.append(t0)
+
+    def _maybe_request(self, lane: _Lane) -> None:
+        now = self.loop.now
+        if lane.req_id is not None or (lane.worker >= 0 and lane.lease_exp - now > RENEW_MARGIN_S):
+            return
+        st = self.streams[lane.stream]
+        c = self.acting[st.region]
+        if c is None:
+            # No coordinator known: try again shortly (the gamer follows Renew broadcasts).
+            lane.req_id = ""
+            self.loop.schedule(now + RETRY_BACKOFF_S * 2, self._retry, lane, "")
+            return
+        lane.req_n += 1
+        rid = f"s{lane.stream}.{lane.lane}.{lane.req_n}"
+        lane.req_id = rid
+        self.req_lane[rid] = lane
+        req = PlacementRequest(
+            request_id=rid,
+            gamer=self.gamer_ids[st.gamer - self.n_peers],
+            kind=st.kind,
+            slots=st.slots,
+            deadline=now + max(1.0, st.deadline_s),
+            priority=st.priority,
+            gamer_coord=self.w.coords[st.gamer],
+            affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
+            lease_s=st.lease_s,
+        )
+        samples = tuple(lane.samples)
+        lane.samples = []
+        self._ctrl(self.req_bytes + 24 * len(samples))
+        self._count("lease_requests")
+        d = self.net.control_delay(st.gamer, c.peer)
+        if d is not None:
+            self.loop.schedule(now + d, self._submit_arrive, c, req, samples)
+        self.loop.schedule(now + REQUEST_TIMEOUT_S, self._retry, lane, rid)
+
+    def _retry(self, lane: _Lane, rid: str) -> None:
+        if lane.req_id != rid:
+            return
+        lane.req_id = None
+        self.req_lane.pop(rid, None)
+        self._maybe_request(lane)
+        if self.streams[lane.stream].closed:
+            self._lane_next(lane)
+
+    def _submit_arrive(
+        self, c: _Coordinator, req: PlacementRequest, samples: tuple[tuple[int, float], ...]
+    ) -> None:
+        if not c.alive:
+            return
+        now = self.loop.now
+        for w, svc in samples:
+            c.scheduler.on_completion(self.w.peer_ids[w], req.kind, svc, now)
+        c.scheduler.submit(req, now)
+        self._sched_touch(c)
+
+    def _refused_arrive(self, lane: _Lane, rid: str) -> None:
+        if lane.req_id == rid:
+            self.req_lane.pop(rid, None)
+            lane.req_id = None
+            # Exponential backoff with seeded jitter, so full regions are not hammered.
+            delay = lane.backoff * (0.5 + self.rng_service.random())
+            lane.backoff = min(lane.backoff * 2.0, MAX_BACKOFF_S)
+            self.loop.schedule(self.loop.now + delay, self._retry_after_refusal, lane)
+
+    def _retry_after_refusal(self, lane: _Lane) -> None:
+        self._maybe_request(lane)
+        if self.streams[lane.stream].closed:
+            self._lane_next(lane)
+
+    def _lease_arrive(self, lane: _Lane, lease: PlacementLease, c: _Coordinator) -> None:
+        now = self.loop.now
+        st = self.streams[lane.stream]
+        if lane.req_id != lease.request_id:
+            self._release(c, lease.lease_id, st.gamer)  # a late answer to a request we gave up on
+            return
+        self.req_lane.pop(lease.request_id, None)
+        lane.req_id = None
+        lane.backoff = RETRY_BACKOFF_S
+        w = self.peer_index[lease.worker]
+        if lane.worker >= 0 and lane.worker != w and lane.lease_coord is not None and now < lane.lease_exp:
+            self._release(lane.lease_coord, lane.lease_id, st.gamer)
+        self._drop_lease(lane)
+        lane.worker = w
+        lane.lease_id = lease.lease_id
+        lane.lease_exp = lease.expires_at
+        lane.lease_coord = c
+        self.leases_on.setdefault(w, {})[lane] = None
+        if lane.held:
+            held, lane.held = lane.held, []
+            for t0 in held:
+                if t0 + st.deadline_s > now:
+                    self._send(st, lane, t0)
+                else:
+                    self._record(lane, -1, t0, math.nan, math.nan, UNPLACED)
+        if st.closed:
+            self._lane_next(lane)
+
+    def _drop_lease(self, lane: _Lane) -> None:
+        if lane.worker >= 0:
+            on = self.leases_on.get(lane.worker)
+            if on is not None:
+                on.pop(lane, None)
+        lane.worker = -1
+        lane.lease_exp = 0.0
+        lane.lease_coord = None
+
+    def _release(self, c: _Coordinator, lease_id: int, gamer: int) -> None:
+        self._ctrl(self.small_bytes)
+        d = self.net.control_delay(gamer, c.peer)
+        if d is not None:
+            self.loop.schedule(self.loop.now + d, self._release_arrive, c, lease_id)
+
+    def _release_arrive(self, c: _Coordinator, lease_id: int) -> None:
+        if c.alive:
+            c.scheduler.release(lease_id, self.loop.now)
+            self._sched_touch(c)
+
+    # -- data plane ------------------------------------------------------------------------
+
+    def _send(self, st: _Stream, lane: _Lane, t0: float) -> None:
+        now = self.loop.now
+        w = lane.worker
+        if self.net.link_free[st.gamer] + st.in_bytes / self.net.up_bps[st.gamer] > t0 + st.deadline_s:
+            # The SDK drops work its own uplink cannot even send before the deadline.
+            self._count("dropped_uplink")
+            self._record(lane, w, t0, math.nan, math.nan, UNPLACED)
+            if st.closed:
+                lane.busy -= 1
+                self.loop.schedule(now + 0.05, self._lane_next, lane)
+            return
+        self.task_bytes[self._bucket(now)] += st.in_bytes
+        arrive = self.net.data_delay(st.gamer, w, st.in_bytes, now)
+        if arrive is None:
+            self.loop.schedule(t0 + st.deadline_s, self._lost, lane, t0, w)
+            return
+        self.loop.schedule(arrive, self._task_arrive, lane, t0, w, self.peers[w].inc)
+
+    def _task_arrive(self, lane: _Lane, t0: float, w: int, inc: int) -> None:
+        now = self.loop.now
+        peer = self.peers[w]
+        st = self.streams[lane.stream]
+        if not peer.online or peer.inc != inc:
+            self.loop.schedule(t0 + st.deadline_s, self._lost, lane, t0, w)
+            return
+        svc = st.cost_s / self.w.peer_speed[w]
+        if self.w.peer_gpu[w]:
+            svc /= st.gpu_speedup
+        svc *= math.exp(self.svc_mu + self.svc_sigma * self.rng_service.gauss(0.0, 1.0))
+        if st.priority >= BATCH_PRIORITY:
+            # Batch work runs niced in the background: interactive work preempts it, so it
+            # sees the cores left over (its wall time stretches by 1 / (1 - interactive load)).
+            heap = peer.batch_free
+            wall = svc / (1.0 - min(peer.rho, 0.9))
+        else:
+            heap = peer.slot_free
+            busy = 0
+            for f in heap:
+                if f > now:
+                    busy += 1
+            peer.rho += 0.05 * (busy / len(heap) - peer.rho)
+            wall = svc
+        free = heapq.heappop(heap)
+        start = free if free > now else now
+        finish = start + wall
+        heapq.heappush(heap, finish)
+        peer.pending.append((start, finish))
+        if finish > peer.session_end:
+            self._add_busy(start, min(start + svc, max(start, peer.session_end)))
+            self.loop.schedule(max(now, t0 + st.deadline_s), self._lost, lane, t0, w)
+            return
+        self._add_busy(start, start + svc)
+        wrong = self.w.malicious[w] and self.rng_verify.random() < self.scn.verification.cheat_rate
+        net = self.net
+        if net.blocked(w, st.gamer):
+            self.loop.schedule(max(now, t0 + st.deadline_s), self._lost, lane, t0, w)
+            return
+        # Results do not queue behind each other on the uplink here (they leave at their own
+        # finish times, out of event order); serialisation is still paid.
+        back = finish + st.out_bytes / net.up_bps[w] + net.one_way(w, st.gamer)
+        if net.loss > 0 and net.rng.random() < net.loss:
+            back += max(0.2, 2.0 * net.rtt(w, st.gamer))
+        self.task_bytes[self._bucket(finish)] += st.out_bytes
+        self.loop.schedule(back, self._result, lane, t0, w, finish - now, wrong)
+
+    def _result(self, lane: _Lane, t0: float, w: int, svc: float, wrong: bool) -> None:
+        now = self.loop.now
+        st = self.streams[lane.stream]
+        latency = now - t0
+        if wrong:
+            if self.rng_verify.random() < self.scn.verification.spot_check_rate:
+                outcome = CAUGHT
+                self._ban(st, w)
+            else:
+                outcome = WRONG
+        elif latency > st.deadline_s:
+            outcome = LATE
+        else:
+            outcome = OK
+        self._record(lane, w, t0, latency, svc, outcome)
+        if outcome == OK or outcome == WRONG:
+            lane.misses = 0
+        else:
+            lane.misses += 1
+        if len(lane.samples) < 32:
+            lane.samples.append((w, svc))
+        if lane.misses >= MISSES_TO_DROP and lane.worker == w:
+            lane.misses = 0
+            self._drop_lease(lane)
+            self._maybe_request(lane)
+        if st.closed:
+            lane.busy -= 1
+            self._lane_next(lane)
+
+    def _lost(self, lane: _Lane, t0: float, w: int) -> None:
+        st = self.streams[lane.stream]
+        self._record(lane, w, t0, math.nan, math.nan, LOST)
+        lane.misses += 1
+        if lane.misses >= MISSES_TO_DROP and lane.worker == w:
+            lane.misses = 0
+            self._drop_lease(lane)
+            self._maybe_request(lane)
+        if st.closed:
+            lane.busy -= 1
+            self._lane_next(lane)
+
+    def _ban(self, st: _Stream, w: int) -> None:
+        self._count("banned")
+        for lane in list(self.leases_on.get(w, {})):
+            self._drop_lease(lane)
+        c = self.acting[st.region]
+        self._ctrl(self.small_bytes)
+        if c is None:
+            self.banned[w] = True
+            return
+        d = self.net.control_delay(st.gamer, c.peer)
+        self.loop.schedule(self.loop.now + (d if d is not None else REQUEST_TIMEOUT_S), self._ban_arrive, w)
+
+    def _ban_arrive(self, w: int) -> None:
+        if self.banned[w]:
+            return
+        self.banned[w] = True
+        pid = self.w.peer_ids[w]
+        for c in self.acting:
+            if c is not None:
+                c.last_view.pop(pid, None)
+                c.scheduler.on_worker_gone(pid, self.loop.now)
+                self._sched_touch(c)
