@@ -1,0 +1,79 @@
+"""``p2c2r demo`` as a user runs it: real worker processes, every kind, JSON figures, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DEMO = [sys.executable, "-m", "nodes.cli", "demo"]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_demo_runs_every_kind_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    proc = subprocess.run(
+        [*DEMO, "--workers", "2", "--tasks", "40", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, P2C2R_HOME=str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    for key in ("tasks", "verified", "failed", "p50_ms", "p95_ms", "p99_ms", "tasks_per_s"):
+        assert key in figures
+    assert figures["tasks"] == 40
+    assert figures["verified"] == 40 and figures["failed"] == 0
+    assert set(figures["per_kind"]) >= {"echo", "upscale", "physics_step", "pathfind", "flocking", "raytrace"}
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+
+
+def test_ctrl_c_stops_the_demo_and_every_worker(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*DEMO, "--workers", "2", "--tasks", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, P2C2R_HOME=str(tmp_path)),
+        # A shell's background job inherits SIGINT ignored; a user's terminal does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        seen = b""
+        # The worker addresses are printed once every worker is up and the gamer starts.
+        while seen.count(b"/p2p/") < 2 and time.monotonic() < deadline:
+            chunk = proc.stdout.read1(4096)
+            if not chunk:
+                break
+            seen += chunk
+        time.sleep(1.0)
+        kids = _children(proc.pid)
+        assert len(kids) == 2, seen.decode(errors="replace")[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        time.sleep(0.5)
+        assert [
+            k
+            for k in kids
+            if Path(f"/proc/{k}").exists() and b"zombie" not in Path(f"/proc/{k}/status").read_bytes().lower()
+        ] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for k in _children(proc.pid):
+            os.kill(k, signal.SIGKILL)
