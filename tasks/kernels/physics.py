@@ -19,6 +19,15 @@ Each step (semi-implicit Euler):
 Deterministic: for the same input the output is bit-identical (a stable sort, fixed pair
 order, ``bincount`` accumulation), so equivalence is byte equality.
 
+Two implementations of the same arithmetic: ``numpy`` and ``torch`` (``_torch_ops``: only
+correctly rounded float64 operations, in the same order, and ordered sums). On CPU they
+give identical bytes (tested); ``CPU_BACKEND`` is the one measured faster on CPU
+(``scripts/bench_kernels.py``). ``backend="auto"`` (what the worker runs) uses torch on
+CUDA when torch sees a GPU. The CUDA path is built to give the same bytes too
+(``scripts/gpu_check.sh`` checks it); should a device ever differ in the last bits, the
+equivalence check also accepts outputs within ``EQUIVALENCE_RTOL`` (relative to the
+world's scale) with radii and masses unchanged.
+
 Self-check: same shape; radii and masses unchanged; all finite; inside the box when
 walled; and with no walls and no gravity, total momentum equal to the input's within
 1e-9 relative and kinetic energy not above the input's by more than 1 %.
@@ -31,7 +40,8 @@ import numpy.typing as npt
 
 from mesh.errors import LimitExceededError, ValidationError
 from tasks.codecs import ARRAY_CODECS, decode_array, encode_array
-from tasks.kernels._common import require_array, require_finite
+from tasks.kernels import _torch_ops as T
+from tasks.kernels._common import require_array, require_finite, torch_module
 from tasks.kernels._grid import candidate_pairs
 from tasks.registry import Params, ParamSpec, TaskKind
 
@@ -45,6 +55,13 @@ POSITION_CORRECTION = 0.8
 SOLVER_ITERATIONS = 3
 MOMENTUM_RTOL = 1e-9
 ENERGY_SLACK = 0.01
+#: The CPU implementation (the faster one in ``docs/bench_kernels.json``); "auto" on a
+#: node without a GPU runs this one.
+CPU_BACKEND = "numpy"
+#: Let ``backend="auto"`` use CUDA when torch sees a GPU.
+USE_CUDA = True
+#: Outputs that are not byte-equal are still equivalent within this relative tolerance.
+EQUIVALENCE_RTOL = 1e-9
 
 F64 = npt.NDArray[np.float64]
 
@@ -105,9 +122,32 @@ def _resolve_contacts(
 
 
 def simulate(
+    world: F64,
+    steps: int,
+    dt: float,
+    gravity: float,
+    restitution: float,
+    walls: bool,
+    box: float,
+    backend: str = "auto",
+    device: str | None = None,
+) -> F64:
+    """Advance ``world`` (N x 8, see module doc) by ``steps`` steps; returns a new array.
+
+    ``backend``: "auto" (CUDA when present and ``USE_CUDA``, else ``CPU_BACKEND``),
+    "numpy" or "torch" (on ``device``; default CUDA when present).
+    """
+    if backend == "auto" and not USE_CUDA and device is None:
+        device = "cpu"
+    impl, dev = T.pick_backend(backend, CPU_BACKEND, device)
+    if impl == "torch":
+        return simulate_torch(world, steps, dt, gravity, restitution, walls, box, dev)
+    return simulate_numpy(world, steps, dt, gravity, restitution, walls, box)
+
+
+def simulate_numpy(
     world: F64, steps: int, dt: float, gravity: float, restitution: float, walls: bool, box: float
 ) -> F64:
-    """Advance ``world`` (N x 8, see module doc) by ``steps`` steps; returns a new array."""
     out = np.array(world, dtype=np.float64)
     pos = np.ascontiguousarray(out[:, 0:3])
     vel = np.ascontiguousarray(out[:, 3:6])
@@ -133,6 +173,89 @@ def simulate(
     out[:, 0:3] = pos
     out[:, 3:6] = vel
     return out
+
+
+def _resolve_contacts_torch(
+    pos: T.Tensor,
+    vel: T.Tensor,
+    rad: T.Tensor,
+    inv_m: T.Tensor,
+    ci: T.Tensor,
+    cj: T.Tensor,
+    e: float,
+    ranked: bool,
+) -> None:
+    """``_resolve_contacts`` on torch tensors, the same operations in the same order."""
+    torch = torch_module()
+    n = len(rad)
+    d = pos[cj] - pos[ci]
+    dist2 = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+    rsum = rad[ci] + rad[cj]
+    hit = (dist2 < rsum * rsum) & (dist2 > 0.0)
+    if not bool(hit.any()):
+        return
+    i, j, d, rsum = ci[hit], cj[hit], d[hit], rsum[hit]
+    dist = T.sqrt(dist2[hit])
+    nrm = d / dist[:, None]
+    dv = vel[j] - vel[i]
+    vn = dv[:, 0] * nrm[:, 0] + dv[:, 1] * nrm[:, 1] + dv[:, 2] * nrm[:, 2]
+    wsum = inv_m[i] + inv_m[j]
+    jimp = torch.where(vn < 0.0, -(1.0 + e) * vn / wsum, 0.0)
+    overlap = (rsum - dist) * POSITION_CORRECTION / wsum
+    sum_j = T.OrderedSum(j, n, ranked=ranked)
+    sum_i = T.OrderedSum(i, n, ranked=ranked)
+    for a in range(3):
+        imp = jimp * nrm[:, a]
+        acc = sum_j(imp) - sum_i(imp)
+        vel[:, a] += acc * inv_m
+        sep = overlap * nrm[:, a]
+        mv = sum_j(sep) - sum_i(sep)
+        pos[:, a] += mv * inv_m
+
+
+def simulate_torch(
+    world: F64,
+    steps: int,
+    dt: float,
+    gravity: float,
+    restitution: float,
+    walls: bool,
+    box: float,
+    device: str = "cpu",
+    *,
+    ranked: bool | None = None,
+) -> F64:
+    """``simulate_numpy`` on torch (``device`` "cpu" or "cuda"); the same bytes on CPU.
+
+    ``ranked`` picks the ordered-sum strategy (default: ranked on CUDA only).
+    """
+    torch = torch_module()
+    rk = device != "cpu" if ranked is None else ranked
+    with torch.inference_mode():
+        w = torch.from_numpy(np.array(world, dtype=np.float64)).to(device)
+        pos = w[:, 0:3].contiguous()
+        vel = w[:, 3:6].contiguous()
+        rad = w[:, 6].contiguous()
+        inv_m = T.rdiv(1.0, w[:, 7])
+        cell = 2.0 * float(rad.max())
+        e = restitution
+        lo = rad[:, None]
+        hi = box - rad[:, None]
+        for _ in range(steps):
+            if gravity != 0.0:
+                vel[:, 2] += gravity * dt
+            pos += vel * dt
+            ci, cj = T.candidate_pairs(pos, cell)
+            for _ in range(SOLVER_ITERATIONS if len(ci) else 0):
+                _resolve_contacts_torch(pos, vel, rad, inv_m, ci, cj, e, rk)
+            if walls:
+                below = pos < lo
+                above = pos > hi
+                vel = torch.where(below & (vel < 0), vel * -e, vel)
+                vel = torch.where(above & (vel > 0), vel * -e, vel)
+                pos = torch.minimum(torch.maximum(pos, lo), hi)
+        out = torch.cat([pos, vel, w[:, 6:8]], dim=1)
+        return T.to_numpy(out)
 
 
 def run(params: Params, data: bytes) -> bytes:
@@ -162,6 +285,26 @@ def momentum(world: F64) -> F64:
 def kinetic_energy(world: F64) -> float:
     v = world[:, 3:6]
     return float(0.5 * (world[:, 7] * (v * v).sum(axis=1)).sum())
+
+
+def _equivalent(params: Params, a: bytes, b: bytes) -> bool:
+    """Byte equality, else (a device differing in the last bits) the same shape, radii and
+    masses, and positions/velocities within ``EQUIVALENCE_RTOL`` of the largest of them."""
+    if a == b:
+        return True
+    try:
+        fa = decode_array(a, max_elements=MAX_BODIES * COLUMNS)
+        fb = decode_array(b, max_elements=MAX_BODIES * COLUMNS)
+    except ValidationError:
+        return False
+    if fa.shape != fb.shape or fa.dtype != np.float64 or fb.dtype != np.float64 or fa.ndim != 2:
+        return False
+    if fa.shape[1] != COLUMNS or not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+        return False
+    if not np.array_equal(fa[:, 6:8], fb[:, 6:8]):
+        return False
+    scale = max(1.0, float(np.abs(fa[:, 0:6]).max(initial=0.0)))
+    return float(np.abs(fa[:, 0:6] - fb[:, 0:6]).max(initial=0.0)) <= EQUIVALENCE_RTOL * scale
 
 
 def _self_check(params: Params, data: bytes, output: bytes) -> bool:
@@ -238,11 +381,13 @@ PHYSICS_STEP = TaskKind(
     execute=run,
     cost=_cost,
     deterministic=True,
+    equivalent=_equivalent,
     self_check=_self_check,
     example=_example,
     max_input_bytes=MAX_BODIES * COLUMNS * 8 + 64,
     tolerance=(
-        "bit-exact; self-check: radii/masses unchanged, finite, inside the box when walled, and "
+        "bit-exact on CPU (numpy and torch give the same bytes; CUDA is built to); equivalent "
+        f"also within {EQUIVALENCE_RTOL:g} of the largest |position|/|velocity|; self-check: radii/masses unchanged, finite, inside the box when walled, and "
         f"without walls or gravity momentum within {MOMENTUM_RTOL:g} relative and kinetic energy "
         f"within +{ENERGY_SLACK:.0%}"
     ),

@@ -112,3 +112,32 @@ def test_limits() -> None:
         FLOCKING.execute(FLOCKING.validate_params({"steps": 500}), encode_array(np.ones((30_000, 4))))
     with pytest.raises(ValidationError):
         FLOCKING.validate_params({"radius": float("nan")})
+
+
+def test_torch_cpu_matches_numpy_bit_for_bit() -> None:
+    torch = pytest.importorskip("torch")
+    from tasks.kernels.flocking import simulate_numpy, simulate_torch
+
+    params = FLOCKING.validate_params({"steps": 5, "world": 60.0, "radius": 8.0, "max_speed": 4.0})
+    agents = random_flock(np.random.default_rng(5), 250, 60.0)
+    ref = simulate_numpy(agents, params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny arrays: threads only add contention on a shared box
+    try:
+        assert np.array_equal(simulate(agents, params, "torch", "cpu"), ref)
+        assert np.array_equal(simulate_torch(agents, params, "cpu", ranked=True), ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_equivalence_tolerance() -> None:
+    agents = random_flock(np.random.default_rng(6), 50, 40.0)
+    params = FLOCKING.validate_params({"steps": 2, "world": 40.0})
+    out = decode_array(FLOCKING.execute(params, encode_array(agents))).copy()
+    near = out.copy()
+    near[0, 0] += 1e-12
+    assert FLOCKING.equivalent(params, encode_array(out), encode_array(near))
+    far = out.copy()
+    far[0, 0] += 1e-3
+    assert not FLOCKING.equivalent(params, encode_array(out), encode_array(far))
+    assert not FLOCKING.equivalent(params, encode_array(out), b"junk")

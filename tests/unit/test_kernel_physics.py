@@ -133,3 +133,38 @@ def test_limits() -> None:
         PHYSICS_STEP.execute(_params(steps=1000), encode_array(big))
     with pytest.raises(LimitExceededError):
         PHYSICS_STEP.execute(_params(), encode_array(np.zeros((100_001, 8))))
+
+
+@pytest.mark.parametrize("walls", [True, False])
+def test_torch_cpu_matches_numpy_bit_for_bit(walls: bool) -> None:
+    torch = pytest.importorskip("torch")
+    from tasks.kernels.physics import simulate_numpy, simulate_torch
+
+    world = random_world(np.random.default_rng(7), 250, 9.0, fill=0.3)
+    args = (8, 0.01, -9.81 if walls else 0.0, 0.8, walls, 9.0)
+    ref = simulate_numpy(world, *args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny arrays: threads only add contention on a shared box
+    try:
+        assert np.array_equal(simulate(world, *args, backend="torch", device="cpu"), ref)
+        # the CUDA summation strategy (rank by rank), run on the CPU
+        assert np.array_equal(simulate_torch(world, *args, "cpu", ranked=True), ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_equivalence_tolerance() -> None:
+    world = random_world(np.random.default_rng(8), 50, 12.0)
+    params = _params(steps=2, box=12.0)
+    out = decode_array(PHYSICS_STEP.execute(params, encode_array(world))).copy()
+    near = out.copy()
+    near[3, 0] += 1e-12
+    assert PHYSICS_STEP.equivalent(params, encode_array(out), encode_array(near))
+    far = out.copy()
+    far[3, 0] += 1e-4
+    assert not PHYSICS_STEP.equivalent(params, encode_array(out), encode_array(far))
+    mass = out.copy()
+    mass[0, 7] *= 1 + 1e-15
+    assert not PHYSICS_STEP.equivalent(params, encode_array(out), encode_array(mass))
+    assert not PHYSICS_STEP.equivalent(params, encode_array(out), encode_array(out[:-1]))
+    assert not PHYSICS_STEP.equivalent(params, encode_array(out), b"junk")

@@ -205,3 +205,30 @@ def test_validation() -> None:
             ),
             encode_msgpack(many),
         )
+
+
+def test_torch_cpu_matches_numpy_bit_for_bit() -> None:
+    pytest.importorskip("torch")
+    from tasks.kernels.raytrace import Scene, render_tile, render_tile_numpy
+
+    scene = Scene(demo_scene(np.random.default_rng(4), 6))
+    args = (41, 29, 3, 2, 30, 20, 3, 3, 9)
+    ref = render_tile_numpy(scene, *args)
+    assert np.array_equal(render_tile(scene, *args, backend="torch", device="cpu"), ref)
+
+
+def test_equivalence_tolerance() -> None:
+    from tasks.codecs import encode_array
+
+    params = RAYTRACE.validate_params({"w": 40, "h": 30})
+    img = np.random.default_rng(0).integers(0, 250, (30, 40, 3)).astype(np.uint8)
+    one_level = img.copy()
+    one_level[5:9] += 1
+    assert RAYTRACE.equivalent(params, encode_array(img), encode_array(one_level))
+    outlier = img.copy()
+    outlier[0, 0] = 255 - outlier[0, 0]  # 1 pixel of 1200: the 0.1 % allows 1
+    assert RAYTRACE.equivalent(params, encode_array(img), encode_array(outlier))
+    outlier[0, 1] = 255 - outlier[0, 1]
+    assert not RAYTRACE.equivalent(params, encode_array(img), encode_array(outlier))
+    assert not RAYTRACE.equivalent(params, encode_array(img), encode_array(img.astype(np.float32)))
+    assert not RAYTRACE.equivalent(params, encode_array(img), b"junk")
