@@ -144,6 +144,10 @@ async def _run_node(args: argparse.Namespace) -> None:
     from nodes.node import open_node
 
     config = _node_config(args)
+    # Kernels run `concurrency` at a time; give each its share of the cores so torch's and
+    # OpenMP's own thread pools do not oversubscribe them (read when torch is imported).
+    share = max(1, (os.cpu_count() or 1) // max(1, config.worker.concurrency))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
     console = Console(stderr=False, highlight=False)
     async with open_node(config) as node:
         addrs = node.dialable_addrs()
@@ -310,9 +314,12 @@ async def _submit(args: argparse.Namespace) -> int:
             data = Path(args.input).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read --input {args.input}: {exc.strerror}") from exc
-    if args.kind == "upscale" and args.input and "codec" not in params:
-        ext = Path(args.input).suffix.lower().lstrip(".")
-        params["codec"] = {"jpg": "jpeg"}.get(ext, ext)
+    if args.kind == "upscale" and "codec" not in params:
+        # The output format follows the --output file name (the input's is detected).
+        ext = Path(args.output or args.input or "").suffix.lower().lstrip(".")
+        codec = {"jpg": "jpeg"}.get(ext, ext)
+        if codec in ("jpeg", "png", "webp"):
+            params["codec"] = codec
     async with GamerClient.connect([peer]) as gamer:
         t0 = trio.current_time()
         handle = await gamer.submit(args.kind, data, params, deadline=args.deadline)
