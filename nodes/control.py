@@ -103,16 +103,28 @@ class ControlConfig:
     voters: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     eligible: bool = True
+    #: Only voters stand as candidates (non-voters still rank nobody and never claim).
+    #: Fewer candidates means fewer duelling claims: with every member eligible, 6 busy
+    #: processes per region on 2 cores duelled for seconds (50+ epochs) before a winner.
+    #: A voter candidate also holds its own vote, so it needs one grant fewer.
+    voter_candidates: bool = True
     membership: MembershipConfig = field(
         default_factory=lambda: MembershipConfig(
             heartbeat_interval_s=1.0, suspect_after_s=3.0, dead_after_s=6.0, forget_after_s=60.0
         )
     )
-    election: ElectionConfig = field(default_factory=ElectionConfig)
+    #: The election defaults (lease 1.5 s, renew 0.5 s, stagger 0.1 s) give failover within
+    #: 2 s; the claim timeout is raised from 0.2 s to 0.5 s because a claim's round trip
+    #: between loaded processes (12 nodes on 2 cores) often exceeded 0.2 s, so every claim
+    #: failed and retried. It only bounds a *failed* claim; a claim wins as soon as a quorum
+    #: answers, so it does not lengthen a normal failover.
+    election: ElectionConfig = field(default_factory=lambda: ElectionConfig(claim_timeout_s=0.5))
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ping_interval_s: float = 1.0
-    ping_sample: int = 3
-    load_report_interval_s: float = 0.25
+    #: Peers pinged per interval (Vivaldi needs a few samples per second, not all pairs).
+    ping_sample: int = 2
+    #: Member -> coordinator load reports (streams); heartbeats carry load too, at 1 Hz.
+    load_report_interval_s: float = 0.5
     summary_interval_s: float = 1.0
     electorate_wait_s: float = 2.0
     query_timeout_s: float = 3.0
@@ -281,6 +293,7 @@ class ControlService:
         self._addrs: dict[str, tuple[str, ...]] = {}
         self._regions: dict[str, tuple[cw.RegionView, int, float]] = {}
         self._coord_since: float = 0.0
+        self._renew_seen_at: float = -math.inf
         self._counts: dict[str, int] = {}
         self._events_send, self._events_recv = trio.open_memory_channel[_Event](config.event_queue)
         self._gossip_send, self._gossip_recv = trio.open_memory_channel[tuple[str, bytes]](64)
@@ -320,6 +333,20 @@ class ControlService:
 
     def is_coordinator(self) -> bool:
         return self.election is not None and self.election.is_coordinator(trio.current_time())
+
+    def live_coordinator(self, now: float) -> str | None:
+        """The coordinator, if it is live as far as we know: we lead, or its last renew
+        arrived within one lease. The election core keeps following a coordinator that
+        went silent until someone else wins; telling gamers and joiners about it would send
+        them to a dead peer during the interregnum (and back to it after each refusal)."""
+        election = self.election
+        if election is None or election.coordinator is None:
+            return None
+        if election.coordinator == self.self_id:
+            return self.self_id if election.is_coordinator(now) else None
+        if now - self._renew_seen_at > self.config.election.lease_s:
+            return None
+        return election.coordinator
 
     def add_hint(self, addr: str) -> None:
         """A peer address from mDNS or the DHT: dial it and link, like a bootstrap peer."""
@@ -693,6 +720,7 @@ class ControlService:
         if now >= self._next_ping:
             self._next_ping = now + self.config.ping_interval_s
             self._send_pings(now)
+            self._link_voters()
         if now >= self._next_load:
             self._next_load = now + self.config.load_report_interval_s
             self._report_load(now)
@@ -740,6 +768,20 @@ class ControlService:
         if self.membership is not None and self.election is None:
             self._make_election(now)
 
+    def _link_voters(self) -> None:
+        """Keep a control link to every voter: renews, claims and heartbeats reach a member
+        through its links, and a member that is not a candidate never broadcasts anything
+        that would open them (one that joined through another region's bootstrap peer
+        would otherwise never hear its own region). Dial backoff bounds the retries."""
+        if self.region is None:
+            return
+        for v in self.voters:
+            if v != self.self_id and self._link_for(v) is None and v not in self._dialing:
+                self._send(v, self._hello())
+
+    def _eligible(self) -> bool:
+        return self.config.eligible and (not self.config.voter_candidates or self.self_id in self.voters)
+
     def _make_election(self, now: float) -> None:
         assert self.region is not None
         self.election = ElectionCore(
@@ -749,7 +791,7 @@ class ControlService:
             random.Random(self.rng.random()),
             now=now,
             config=self.config.election,
-            eligible=self.config.eligible,
+            eligible=self._eligible(),
             restored_vote=self._votes.load(self.region),
         )
         self._update_candidates(now)
@@ -800,12 +842,14 @@ class ControlService:
             return
         log.debug("election: %s from %s at %.3f", type(msg).__name__, peer[-6:], now)
         self.election.on_message(msg, now)
+        if isinstance(msg, Renew) and self.election.coordinator == msg.coordinator:
+            self._renew_seen_at = now
 
     def _on_lease_request(self, peer: str, req: cw.LeaseRequest, now: float) -> None:
         if self.coordinator is not None and self.is_coordinator():
             self.coordinator.on_lease_request(peer, req, now)
             return
-        coord = self.coordinator_id
+        coord = self.live_coordinator(now)
         if coord is not None and coord != self.self_id and self.region is not None:
             self._send(peer, cw.LeaseRedirect(req.request_id, self.region, coord, self.known_addrs(coord)))
         else:
@@ -1040,12 +1084,22 @@ class ControlService:
         cen = centroid([h.coord for h in alive] + [self.vivaldi.coord])
         scores: dict[str, float] = {}
         for hb in alive:
+            if self.config.voter_candidates and hb.peer not in self.voters:
+                continue  # not a candidate: must not push the candidates' ranks (and stagger) back
             scores[hb.peer] = _score(sum(n for _, n in hb.capacity), hb.uptime_s, hb.coord, cen)
-        if self.config.eligible:
-            local = self._load_fn()
-            scores[self.self_id] = _score(
-                sum(local.capacity.values()), trio.current_time() - self._started_at, self.vivaldi.coord, cen
-            )
+        local = self._load_fn()
+        own = _score(sum(local.capacity.values()), now - self._started_at, self.vivaldi.coord, cen)
+        if self._eligible():
+            scores[self.self_id] = own
+        if self.config.voter_candidates:
+            # Ranks must agree across voters or they split the vote: a voter whose heartbeat
+            # has not reached us yet (slow gossip at start-up) is ranked as if it scored like
+            # us, so ties break by peer id everywhere instead of each voter thinking it is
+            # first. (Unranked, all three voters of a loaded region claimed at once and
+            # duelled for 200+ epochs.) Suspected and dead voters are no candidates.
+            for v in self.voters:
+                if v != self.self_id and v not in scores and self.membership.get(v) is None:
+                    scores[v] = own
         self.election.on_candidates(scores, now)
 
     # ================================================================== periodic output
@@ -1218,7 +1272,7 @@ class ControlService:
                     version=hb.version,
                 )
             )
-        coord = self.coordinator_id
+        coord = self.live_coordinator(now)
         free: tuple[tuple[str, int], ...] = ()
         cen = centroid(coords)
         if self.coordinator is not None:

@@ -57,6 +57,8 @@ class Coordinator:
     now: float = 0.0
     _out: list[tuple[str, ControlMessage]] = field(default_factory=list)
     _open: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Latency samples gamers piggybacked on lease requests (``LeaseRequest.observed``).
+    observed_samples: int = 0
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.rng, self.config, region=self.region)
@@ -97,6 +99,7 @@ class Coordinator:
         for lease_id in req.release:
             self.scheduler.release(lease_id, now)
         for worker, kind, latency in req.observed:
+            self.observed_samples += 1
             self.scheduler.on_completion(worker, kind, latency, now)
         key = f"{gamer}:{req.request_id}"
         if len(self._open) >= MAX_OPEN_REQUESTS and key not in self._open:

@@ -11,7 +11,14 @@ calls) starts a ``MeshClient`` that
    connects the gamer to every leased worker with ``GamerClient.add_worker`` -- task bytes
    then go straight to the workers; the coordinator only ever sees lease traffic;
 4. renews each lease at half its lifetime (asking for the same worker: affinity), and
-   piggybacks releases of the old leases on the renewals;
+   piggybacks releases of the old leases and the latencies the gamer observed per
+   (worker, kind) since the last request (``LeaseRequest.observed``, fed by the SDK's
+   completion hook) on the renewals, so the coordinator's service-time estimates learn
+   from what gamers actually see;
+4a. enforces the leases at dispatch (the SDK's placement hook): a task goes to a worker
+   holding a lease for its kind with a free leased slot; when all are full, to the least
+   over-subscribed one, and the client asks for another lease (up to
+   ``max_workers_per_kind``); kinds nobody leased yet are leased on first use;
 5. fails over: when its coordinator stops answering (link lost, request timed out, "no
    coordinator"), it asks the region's members who coordinates now, every
    ``retry_s``; if the region has no coordinator for ``region_failover_s`` it moves to the
@@ -53,7 +60,10 @@ class MeshClientConfig:
     #: Kinds to hold leases for; empty: every kind the region advertises free slots for.
     kinds: tuple[str, ...] = ()
     workers_per_kind: int = 2
-    slots: int = 1
+    #: Upper bound on leased workers per kind when demand exceeds the leased slots.
+    max_workers_per_kind: int = 4
+    #: Slots asked per lease: tasks the gamer keeps in flight on that worker for the kind.
+    slots: int = 2
     #: Deadline (s) given to the coordinator for placing a lease request.
     within_s: float = 1.0
     request_timeout_s: float = 1.0
@@ -183,6 +193,7 @@ class _Lease:
     lease_id: int
     worker: str
     kind: str
+    slots: int
     expires_at: float
     renew_at: float
 
@@ -194,6 +205,14 @@ class MeshClientStats:
     redirects: int = 0
     coordinator_changes: int = 0
     region_changes: int = 0
+    #: Dispatches placed on a leased worker with a free leased slot.
+    placed_leased: int = 0
+    #: Dispatches placed on a leased worker beyond its leased slots (all were full).
+    placed_over_capacity: int = 0
+    #: Dispatches with no lease for the kind (left to the SDK's least-loaded choice).
+    placed_unleased: int = 0
+    #: Latency samples piggybacked on lease requests.
+    observed_sent: int = 0
 
 
 @dataclass
@@ -213,6 +232,19 @@ class MeshClient:
     _rids: Any = field(default_factory=lambda: itertools.count(1))
     _rtt: dict[str, float] = field(default_factory=dict)
     _to_release: list[int] = field(default_factory=list)
+    #: The coordinator failed a request (timeout, closed link): ask the members before trusting it.
+    _suspect: bool = False
+    #: (worker, kind) -> (count, total latency s) observed since the last lease request.
+    _observed: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    #: Kinds the gamer submitted that we hold no lease for, or whose leases were all full.
+    _wanted: dict[str, int] = field(default_factory=dict)
+    _wake: trio.Event = field(default_factory=trio.Event)
+    _member_rr: int = 0
+
+    def __post_init__(self) -> None:
+        # Lease enforcement at dispatch, and latencies back to the coordinator (see module doc).
+        self.gamer.set_placement(self._place)
+        self.gamer.add_completion_hook(self._on_completion)
 
     # ------------------------------------------------------------------ links
 
@@ -249,6 +281,10 @@ class MeshClient:
             if view.coordinator and view.coordinator_addrs:
                 self._addrs[view.coordinator] = view.coordinator_addrs
 
+    def regions(self) -> dict[str, tuple[str | None, int]]:
+        """Every region this client knows: name -> (coordinator, members)."""
+        return {n: (v.coordinator, len(v.members)) for n, v in sorted(self._regions.items())}
+
     # ------------------------------------------------------------------ join
 
     async def bootstrap(self, addrs: Sequence[str]) -> None:
@@ -261,7 +297,15 @@ class MeshClient:
                 log.warning("bootstrap %s: %s", addr, exc)
         if not self._regions:
             raise UnavailableError(f"no bootstrap peer answered ({', '.join(addrs)})")
-        self.region = self.config.region or await self._nearest_region(exclude=())
+        if self.config.region is not None:
+            self.region = self.config.region
+        else:
+            try:
+                self.region = await self._nearest_region(exclude=())
+            except UnavailableError:
+                # No region has a coordinator yet (the mesh is still electing): pick by name
+                # and let the main loop wait for one.
+                self.region = sorted(self._regions)[0]
 
     async def _nearest_region(self, exclude: Sequence[str]) -> str:
         best: tuple[float, str] | None = None
@@ -291,17 +335,20 @@ class MeshClient:
         task_status.started()
         region_lost_since: float | None = None
         while True:
-            now = trio.current_time()
             try:
                 await self._ensure_coordinator()
                 await self._maintain_leases()
                 region_lost_since = None
                 if self.gamer.workers():
                     self.ready.set()
-                await trio.sleep(self._next_wake() - trio.current_time())
+                with trio.move_on_at(self._next_wake()):
+                    await self._wake.wait()
+                self._wake = trio.Event()
                 continue
             except P2C2RError as exc:
+                self._suspect = True
                 log.info("coordinator of %s unavailable: %s", self.region, exc)
+            now = trio.current_time()
             if region_lost_since is None:
                 region_lost_since = now
             elif now - region_lost_since >= self.config.region_failover_s:
@@ -313,26 +360,26 @@ class MeshClient:
         now = trio.current_time()
         times = [lease.renew_at for lease in self._leases.values()]
         times.append(now + 1.0)
-        return max(now, min(times))
+        return min(times)
 
     async def _ensure_coordinator(self) -> None:
         coord = self.coordinator
-        if coord is not None:
-            link = self._links.get(coord)
-            if link is not None and link.alive:
-                return
+        if coord is not None and not self._suspect:
             try:
                 await self._link(coord)
                 return
             except P2C2RError:
-                pass
-        # Ask the region's members (and every known node) who coordinates now.
+                self._suspect = True
+        # Ask the region's members (a few per round, rotating) who coordinates now.
         view = self._regions.get(self.region or "")
+        candidates = [m.peer for m in view.members if m.peer != coord] if view else []
+        if not candidates:
+            candidates = sorted(p for p in self._addrs if p != coord)
         asked = 0
-        candidates = [m.peer for m in view.members] if view else []
-        for peer in candidates:
-            if peer == coord:
-                continue
+        start = self._member_rr
+        self._member_rr += 3
+        for i in range(min(3, len(candidates))):
+            peer = candidates[(start + i) % len(candidates)]
             try:
                 await self._status(peer)
                 asked += 1
@@ -342,12 +389,21 @@ class MeshClient:
             if fresh is not None and fresh.coordinator not in (None, coord):
                 break
         fresh = self._regions.get(self.region or "")
-        if fresh is None or fresh.coordinator is None or fresh.coordinator == coord:
+        if fresh is None or fresh.coordinator is None:
             raise UnavailableError(
                 f"region {self.region} has no reachable coordinator (asked {asked} members)"
             )
+        if fresh.coordinator == coord:
+            if asked == 0:
+                raise UnavailableError(f"no member of region {self.region} answered")
+            # The members still follow it: it may only have been slow. Try it again.
+            assert coord is not None
+            await self._link(coord)
+            self._suspect = False
+            return
         self._set_coordinator(fresh.coordinator)
         await self._link(fresh.coordinator)
+        self._suspect = False
 
     def _set_coordinator(self, coord: str) -> None:
         if coord != self.coordinator:
@@ -357,6 +413,13 @@ class MeshClient:
 
     async def _change_region(self) -> None:
         assert self.region is not None
+        # Refresh what we know first: another region's coordinator may have changed too.
+        for name, view in sorted(self._regions.items()):
+            if name != self.region and view.coordinator is not None:
+                try:
+                    await self._status(view.coordinator)
+                except P2C2RError:
+                    continue
         try:
             new = await self._nearest_region(exclude=(self.region,))
         except UnavailableError:
@@ -364,17 +427,19 @@ class MeshClient:
         log.warning("moving from region %s to %s", self.region, new)
         self.region = new
         self.coordinator = self._regions[new].coordinator
+        self._suspect = False
         self.stats.region_changes += 1
 
     def _kinds(self) -> list[str]:
+        kinds: set[str] = set(self._wanted)
         if self.config.kinds:
-            return list(self.config.kinds)
-        view = self._regions.get(self.region or "")
-        kinds: set[str] = set()
-        if view is not None:
-            kinds.update(k for k, _ in view.free)
-            for m in view.members:
-                kinds.update(k for k, n in m.capacity if n > 0)
+            kinds.update(self.config.kinds)
+        else:
+            view = self._regions.get(self.region or "")
+            if view is not None:
+                kinds.update(k for k, _ in view.free)
+                for m in view.members:
+                    kinds.update(k for k, n in m.capacity if n > 0)
         return sorted(kinds)
 
     async def _maintain_leases(self) -> None:
@@ -386,17 +451,27 @@ class MeshClient:
                 del self._leases[lid]
                 if lease.expires_at > now:
                     self._to_release.append(lid)
+        wanted, self._wanted = self._wanted, {}
         for kind in self._kinds():
             held = [le for le in self._leases.values() if le.kind == kind]
             for lease in sorted(held, key=lambda le: le.lease_id):
                 if lease.renew_at <= now:
                     await self._request(kind, affinity=lease.worker, replaces=lease.lease_id)
-            missing = self.config.workers_per_kind - len(
-                {le.worker for le in self._leases.values() if le.kind == kind}
-            )
-            for _ in range(max(0, missing)):
+            workers = {le.worker for le in self._leases.values() if le.kind == kind}
+            target = self.config.workers_per_kind
+            if wanted.get(kind, 0) > 0 and workers:
+                # Every leased worker of this kind was full at dispatch: ask for one more.
+                target = min(self.config.max_workers_per_kind, len(workers) + 1)
+            for _ in range(max(0, target - len(workers))):
                 if not await self._request(kind, affinity=None, replaces=None):
                     break
+
+    def _take_observed(self) -> tuple[tuple[str, str, float], ...]:
+        items = sorted(self._observed.items())[: cw.MAX_SAMPLES]
+        for key, _ in items:
+            del self._observed[key]
+        self.stats.observed_sent += sum(n for _, (n, _) in items)
+        return tuple((w, k, min(total / n, 3600.0)) for (w, k), (n, total) in items)
 
     async def _request(self, kind: str, *, affinity: str | None, replaces: int | None) -> bool:
         coord = self.coordinator
@@ -405,8 +480,16 @@ class MeshClient:
         link = await self._link(coord)
         rid = next(self._rids)
         release = tuple(self._to_release[: cw.MAX_RELEASES])
-        req = cw.LeaseRequest(rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release)
-        reply = await link.request(req, rid, self.config.request_timeout_s)
+        observed = self._take_observed()
+        req = cw.LeaseRequest(
+            rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed
+        )
+        try:
+            reply = await link.request(req, rid, self.config.request_timeout_s)
+        except P2C2RError:
+            for w, k, lat in observed:  # not delivered: keep the samples for the next request
+                self._observed.setdefault((w, k), (1, lat))
+            raise
         del self._to_release[: len(release)]
         now = trio.current_time()
         if isinstance(reply, cw.LeaseGrant):
@@ -426,6 +509,7 @@ class MeshClient:
                 reply.lease_id,
                 reply.worker,
                 reply.kind,
+                reply.slots,
                 now + reply.ttl_s,
                 now + reply.ttl_s * self.config.renew_at,
             )
@@ -465,6 +549,59 @@ class MeshClient:
             except P2C2RError:
                 continue
         raise UnavailableError(f"cannot reach worker {worker}")
+
+    # ------------------------------------------------------------------ SDK hooks
+
+    def _place(self, kind: str, candidates: list[tuple[bytes, int]]) -> bytes | None:
+        """The SDK's placer: a live worker we hold a lease for ``kind`` on, with a free slot.
+
+        Leased slots per worker are summed over its unexpired leases of the kind. A worker
+        with in-flight tasks below its slots wins (fewest in flight first); when every leased
+        worker is full, the least over-subscribed one still gets the task (the worker queues
+        it; nothing is refused or lost) and the main loop asks for one more lease. With no
+        lease for the kind (before the first grant, or after a coordinator died and the
+        leases ran out), ``None`` lets the SDK pick the least-loaded connected worker: every
+        connected worker was leased to us once, and a task is never held back for a lease.
+        """
+        now = trio.current_time()
+        slots: dict[str, int] = {}
+        for lease in self._leases.values():
+            if lease.kind == kind and lease.expires_at > now:
+                slots[lease.worker] = slots.get(lease.worker, 0) + lease.slots
+        best: tuple[float, int, bytes] | None = None
+        for i, (peer, in_flight) in enumerate(candidates):
+            s = slots.get(peer_id_to_str(peer), 0)
+            if s <= 0:
+                continue
+            key = (in_flight / s, i, peer)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            self.stats.placed_unleased += 1
+            self._want(kind)
+            return None
+        if best[0] >= 1.0:
+            self.stats.placed_over_capacity += 1
+            self._want(kind)
+        else:
+            self.stats.placed_leased += 1
+        return best[2]
+
+    def _want(self, kind: str) -> None:
+        first = kind not in self._wanted
+        self._wanted[kind] = self._wanted.get(kind, 0) + 1
+        if first:
+            self._wake.set()
+
+    def _on_completion(self, kind: str, worker: bytes | None, latency_s: float, outcome: str) -> None:
+        """Completion hook: remember verified latencies per (worker, kind) for the coordinator."""
+        if worker is None or outcome != "ok" or not (0.0 <= latency_s <= 3600.0):
+            return
+        key = (peer_id_to_str(worker), kind)
+        if key not in self._observed and len(self._observed) >= 4 * cw.MAX_SAMPLES:
+            return  # bounded: a coordinator that never answers must not grow our memory
+        n, total = self._observed.get(key, (0, 0.0))
+        self._observed[key] = (n + 1, total + latency_s)
 
     def leases(self) -> list[tuple[int, str, str, float]]:
         now = trio.current_time()

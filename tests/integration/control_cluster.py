@@ -10,6 +10,12 @@ import trio
 from mesh.identity import Identity, peer_id_to_str
 from mesh.memory import MemoryHost, MemoryNetwork
 from nodes.control import ControlConfig, ControlService, LocalLoad
+from nodes.worker import Worker, WorkerConfig
+from tasks.kernels.echo import ECHO
+from tasks.registry import Registry
+
+#: Workers in these tests run only ``echo`` (inline: it takes no virtual time).
+REGISTRY = Registry([ECHO])
 
 
 def ident(tag: str) -> Identity:
@@ -22,6 +28,7 @@ class Member:
     identity: Identity
     host: MemoryHost | None = None
     svc: ControlService | None = None
+    worker: Worker | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -38,12 +45,24 @@ def load_fn() -> LocalLoad:
     return LocalLoad(load=0.0, queue_depth=0, capacity={"echo": 4})
 
 
-async def start_member(net: MemoryNetwork, nursery: trio.Nursery, m: Member, config: ControlConfig) -> Member:
+async def start_member(
+    net: MemoryNetwork, nursery: trio.Nursery, m: Member, config: ControlConfig, *, worker: bool = False
+) -> Member:
+    """Start ``m``'s control service; with ``worker``, also a task worker on the same host whose
+    load and capacity feed the control plane (as ``nodes.node`` composes them)."""
+
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with m.scope:
             async with net.open_host(m.identity) as host, trio.open_nursery() as inner:
                 m.host = host
-                m.svc = ControlService(host, m.identity, config, load_fn=load_fn)
+                load = load_fn
+                if worker:
+                    from nodes.node import worker_load
+
+                    m.worker = Worker(host, m.identity, REGISTRY, WorkerConfig(concurrency=1))
+                    await inner.start(m.worker.run)
+                    load = worker_load(m.worker, REGISTRY, slots_per_core=4)
+                m.svc = ControlService(host, m.identity, config, load_fn=load)
                 await inner.start(m.svc.run)
                 task_status.started()
                 await trio.sleep_forever()
@@ -62,6 +81,7 @@ async def start_region(
     bootstrap: tuple[str, ...] = (),
     base: ControlConfig = ControlConfig(),
     seed: int = 0,
+    workers: bool = False,
 ) -> list[Member]:
     members = [Member(f"{region}{i}", ident(f"{region}/{i}")) for i in range(n)]
     voters = tuple(m.peer for m in members[:n_voters])
@@ -69,7 +89,7 @@ async def start_region(
     for i, m in enumerate(members):
         boot = bootstrap or ((out[0].host.listen_addrs()[0],) if out and out[0].host else ())
         cfg = replace(base, region=region, voters=voters, bootstrap=boot, seed=seed * 1000 + i)
-        out.append(await start_member(net, nursery, m, cfg))
+        out.append(await start_member(net, nursery, m, cfg, worker=workers))
     return out
 
 

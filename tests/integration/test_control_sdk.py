@@ -1,0 +1,160 @@
+"""The SDK on the control plane: ``GamerClient.connect(bootstrap=...)`` on the in-memory
+backend, in virtual time. Join from one address, leases enforced at dispatch, latencies
+piggybacked to the coordinator, failover to a new coordinator and to another region, and
+no submitted task lost on the way."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from mesh.identity import peer_id_to_str
+from mesh.memory import LinkModel, MemoryNetwork
+from nodes.gamer import GamerClient, TaskHandle
+from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
+
+
+def one_coordinator(members: list[Member]) -> bool:
+    views = coordinators(members)
+    return len(views) == 1 and next(iter(views))[0] is not None
+
+
+def coordinator_of(members: list[Member]) -> Member:
+    coord = next(iter(coordinators(members)))[0]
+    return next(m for m in members if m.peer == coord)
+
+
+async def submit_steadily(gamer: GamerClient, handles: list[TaskHandle], stop: trio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        handles.append(await gamer.submit("echo", b"task %d" % i, deadline=20.0))
+        i += 1
+        await trio.sleep(0.02)
+
+
+async def test_gamer_joins_by_bootstrap_uses_leases_and_survives_coordinator_death(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=11, link=LinkModel(delay_s=0.005, jitter_s=0.001))
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 5, workers=True, seed=1)
+        us = await start_region(
+            net, nursery, "us", 4, workers=True, seed=2, bootstrap=(eu[0].host.listen_addrs()[0],)
+        )
+        await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
+        old = coordinator_of(eu)
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(
+                host=gamer_host, bootstrap=[eu[1].host.listen_addrs()[0]], region="eu"
+            ) as gamer,
+        ):
+            mesh = gamer.mesh
+            assert mesh is not None
+            # 1. joined: the region's coordinator found, both regions known, leases held
+            assert mesh.region == "eu" and mesh.coordinator == old.peer
+            assert set(mesh.regions()) == {"eu", "us"}
+            await wait_for(lambda: len({w for _, w, k, _ in mesh.leases() if k == "echo"}) >= 2, 5)
+            eu_peers = {m.peer for m in eu}
+            assert {w for _, w, _, _ in mesh.leases()} <= eu_peers
+
+            handles: list[TaskHandle] = []
+            stop = trio.Event()
+            async with trio.open_nursery() as load:
+                load.start_soon(submit_steadily, gamer, handles, stop)
+                await trio.sleep(4.0)
+                # 2. leases enforced at dispatch: every task so far went to a leased worker
+                leased = {w for _, w, _, _ in mesh.leases()}
+                done = [h for h in handles if h.done()]
+                assert len(done) > 100
+                assert {peer_id_to_str(h.worker) for h in done if h.worker} <= leased | {old.peer}
+                assert mesh.stats.placed_leased > 100 and mesh.stats.placed_unleased == 0
+                # 3. completions flowed back: latencies piggybacked on the lease renewals
+                assert old.svc is not None and old.svc.coordinator is not None
+                assert old.svc.coordinator.observed_samples > 0
+                assert mesh.stats.observed_sent > 0
+
+                # 4. the coordinator dies (it is also a worker, maybe a leased one)
+                t_kill = trio.current_time()
+                old.kill()
+                survivors = [m for m in eu if m is not old]
+                took = await wait_for(
+                    lambda: (
+                        mesh.coordinator not in (None, old.peer)
+                        and one_coordinator(survivors)
+                        and mesh.coordinator == coordinator_of(survivors).peer
+                    ),
+                    timeout=10,
+                    step=0.01,
+                )
+                assert took < 3.0, f"the gamer found the new coordinator after {took:.2f} s"
+                assert trio.current_time() - t_kill < 3.0
+                assert mesh.region == "eu"
+                # the client holds fresh leases from the new coordinator, on live workers
+                await wait_for(
+                    lambda: (
+                        len({w for _, w, k, _ in mesh.leases() if k == "echo"}) >= 2
+                        and old.peer not in {w for _, w, _, _ in mesh.leases()}
+                    ),
+                    timeout=5,
+                )
+                await trio.sleep(2.0)
+                stop.set()
+            # 5. nothing lost: every task ends verified, with its own output
+            with trio.fail_after(30):
+                outs = [await h.result() for h in handles]
+            assert outs == [b"task %d" % i for i in range(len(handles))]
+            assert gamer.stats.failed == 0 and gamer.stats.verified == len(handles)
+            assert mesh.stats.coordinator_changes >= 2  # the first one, then its successor
+        nursery.cancel_scope.cancel()
+
+
+async def test_gamer_moves_to_another_region_when_its_region_cannot_elect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=12, link=LinkModel(delay_s=0.005))
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 5, workers=True, seed=3)
+        us = await start_region(
+            net, nursery, "us", 4, workers=True, seed=4, bootstrap=(eu[0].host.listen_addrs()[0],)
+        )
+        await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(
+                host=gamer_host, bootstrap=[eu[4].host.listen_addrs()[0]], region="eu"
+            ) as gamer,
+        ):
+            mesh = gamer.mesh
+            assert mesh is not None and mesh.region == "eu"
+            handles: list[TaskHandle] = []
+            stop = trio.Event()
+            async with trio.open_nursery() as load:
+                load.start_soon(submit_steadily, gamer, handles, stop)
+                await trio.sleep(2.0)
+                # the three voters die: eu keeps two workers but can never elect again
+                t_kill = trio.current_time()
+                for m in eu[:3]:
+                    m.kill()
+                took = await wait_for(lambda: mesh.region == "us", timeout=15, step=0.05)
+                assert took < 8.0, f"moved region after {took:.2f} s"
+                assert mesh.coordinator == coordinator_of(us).peer
+                await wait_for(
+                    lambda: any(w in {m.peer for m in us} for _, w, _, _ in mesh.leases()), timeout=5
+                )
+                t_moved = trio.current_time()
+                await trio.sleep(2.0)
+                stop.set()
+            with trio.fail_after(30):
+                outs = [await h.result() for h in handles]
+            assert outs == [b"task %d" % i for i in range(len(handles))]
+            assert gamer.stats.failed == 0
+            # after the move, tasks run on the new region's leased workers (or eu's survivors)
+            late = [h for h in handles if h.submitted_at > t_moved + 0.5]
+            us_peers = {m.peer for m in us}
+            assert (
+                late and sum(peer_id_to_str(h.worker) in us_peers for h in late if h.worker) > len(late) // 2
+            )
+            assert mesh.stats.region_changes == 1
+            assert t_kill < t_moved
+        nursery.cancel_scope.cancel()
