@@ -41,7 +41,11 @@ advertises the kind with enough free slots; the slots in use on a worker never e
 capacity at grant time; every submitted request ends in exactly one of granted, refused or
 overflowed. Costs: submit and grant are O(log q) in the queue plus O(c) in the candidates
 scored, where c is capped by ``max_candidates`` (a seeded sample of larger pools); ticks pop
-expired leases and timeouts from heaps in O(log n) each.
+expired leases and timeouts from heaps in O(log n) each. Candidates are drawn from a per-kind
+index of the workers that still have a free slot of that kind (kept sorted by worker id, updated
+on every grant, release, expiry and heartbeat), so a full region costs O(1) per request to
+answer "no room", not a scan of every capable worker; the free slots per kind that
+``region_summary`` gossips are kept as running totals.
 """
 
 from __future__ import annotations
@@ -343,6 +347,8 @@ class _Worker:
     load: float = 0.0
     coord: Coord | None = None
     in_use: dict[str, int] = field(default_factory=dict)
+    #: Free slots per kind as last entered in the scheduler's free-slot index.
+    indexed_free: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -361,6 +367,8 @@ class Scheduler:
             self.policy = PredictedCompletion(self.config.affinity_bonus_s)
         self._workers: dict[str, _Worker] = {}
         self._by_kind: dict[str, list[str]] = {}  # kind -> sorted worker ids advertising it
+        self._free_by_kind: dict[str, list[str]] = {}  # kind -> sorted ids with a free slot of it
+        self._free_total: dict[str, int] = {}  # kind -> free slots over live workers
         self._service: dict[tuple[str, str], float] = {}
         self._kind_service: dict[str, float] = {}
         self._queues: dict[str, list[tuple[int, float, int, PlacementRequest]]] = {}
@@ -398,10 +406,14 @@ class Scheduler:
             self._unindex(k, worker)
         for k in sorted(set(new_cap) - set(w.capacity)):
             insort(self._by_kind.setdefault(k, []), worker)
+        old_kinds = w.capacity
         w.capacity = new_cap
         w.queue_depth = max(0, queue_depth)
         w.load = load
         w.coord = coord
+        if old_kinds != new_cap or len(new_cap) != len(w.indexed_free):
+            for kind in sorted(set(old_kinds) | set(new_cap) | set(w.indexed_free)):
+                self._reindex(worker, w, kind)
         for kind in sorted(new_cap):
             self._dispatch(kind, now)
 
@@ -414,6 +426,8 @@ class Scheduler:
         for k in sorted(w.capacity):
             self._unindex(k, worker)
         w.capacity = {}
+        for k in sorted(w.indexed_free):
+            self._reindex(worker, w, k)
         if not any(w.in_use.values()):
             del self._workers[worker]  # nothing outstanding to account for
 
@@ -477,15 +491,8 @@ class Scheduler:
 
     def region_summary(self, coordinator: str, centroid: Coord) -> RegionSummary:
         """Our own summary for neighbours: free slots per kind over live workers."""
-        free: dict[str, int] = {}
-        for kind in sorted(self._by_kind):
-            total = 0
-            for wid in self._by_kind[kind]:
-                w = self._workers[wid]
-                total += max(0, w.capacity.get(kind, 0) - w.in_use.get(kind, 0))
-            if total:
-                free[kind] = total
-        return RegionSummary(self.region, coordinator, tuple(sorted(free.items())), centroid)
+        free = {k: n for k, n in sorted(self._free_total.items()) if n > 0}
+        return RegionSummary(self.region, coordinator, tuple(free.items()), centroid)
 
     def on_tick(self, now: float) -> None:
         self._advance(now)
@@ -568,7 +575,9 @@ class Scheduler:
             self._queued.pop(req.request_id, None)
 
     def _place(self, req: PlacementRequest, now: float) -> bool:
-        ids = self._by_kind.get(req.kind, [])
+        ids = self._free_by_kind.get(req.kind)
+        if not ids:
+            return False  # every capable worker is full
         views: list[WorkerView] = []
         if len(ids) > self.config.max_candidates:
             picked = set(self.rng.sample(range(len(ids)), self.config.max_candidates))
@@ -578,7 +587,7 @@ class Scheduler:
                     picked.add(j)
             views = self._views(req, [ids[j] for j in sorted(picked)])
         if not views:
-            views = self._views(req, ids)  # a small pool, or the whole sample was full
+            views = self._views(req, ids)  # a small pool, or no sampled worker had ``slots`` free
         if not views:
             return False
         assert self.policy is not None
@@ -587,6 +596,7 @@ class Scheduler:
         if w.capacity.get(req.kind, 0) - w.in_use.get(req.kind, 0) < req.slots:
             raise AssertionError(f"policy {self.policy.name} chose a worker without room")
         w.in_use[req.kind] = w.in_use.get(req.kind, 0) + req.slots
+        self._reindex(pick.worker, w, req.kind)
         lease = PlacementLease(
             lease_id=self._next_lease,
             request_id=req.request_id,
@@ -605,26 +615,33 @@ class Scheduler:
         return True
 
     def _views(self, req: PlacementRequest, pool: Sequence[str]) -> list[WorkerView]:
+        kind = req.kind
+        slots = req.slots
+        here = req.gamer_coord
+        affinity = req.affinity
+        service = self._service
+        kind_default = self._kind_service.get(kind, self.config.default_service_s)
+        workers = self._workers
         views: list[WorkerView] = []
         for wid in pool:
-            w = self._workers[wid]
-            cap = w.capacity.get(req.kind, 0)
-            used = w.in_use.get(req.kind, 0)
-            if cap - used < req.slots:
+            w = workers[wid]
+            cap = w.capacity.get(kind, 0)
+            used = w.in_use.get(kind, 0)
+            if cap - used < slots:
                 continue
-            rtt = 0.0
-            if w.coord is not None and req.gamer_coord is not None:
-                rtt = estimate_rtt(w.coord, req.gamer_coord)
+            coord = w.coord
+            rtt = 0.0 if coord is None or here is None else estimate_rtt(coord, here)
+            svc = service.get((wid, kind))
             views.append(
                 WorkerView(
-                    worker=wid,
-                    capacity=cap,
-                    in_use=used,
-                    queue_depth=w.queue_depth,
-                    load=w.load,
-                    service_s=self.service_estimate(wid, req.kind),
-                    rtt_s=rtt,
-                    affinity=wid == req.affinity,
+                    wid,
+                    cap,
+                    used,
+                    w.queue_depth,
+                    w.load,
+                    kind_default if svc is None else svc,
+                    rtt,
+                    wid == affinity,
                 )
             )
         return views
@@ -633,6 +650,7 @@ class Scheduler:
         w = self._workers.get(lease.worker)
         if w is not None:
             w.in_use[lease.kind] = max(0, w.in_use.get(lease.kind, 0) - lease.slots)
+            self._reindex(lease.worker, w, lease.kind)
             if not w.capacity and not any(w.in_use.values()):
                 del self._workers[lease.worker]
 
@@ -656,6 +674,31 @@ class Scheduler:
     def _refuse(self, req: PlacementRequest, err: type[P2C2RError], why: str) -> None:
         self._count("refused_unavailable" if err is UnavailableError else "refused_full")
         self._effects.append(PlacementRefused(req.request_id, req.gamer, err, why))
+
+    def _reindex(self, wid: str, w: _Worker, kind: str) -> None:
+        """Bring ``wid``'s entry for ``kind`` in the free-slot index and totals up to date."""
+        free = max(0, w.capacity.get(kind, 0) - w.in_use.get(kind, 0))
+        old = w.indexed_free.get(kind, 0)
+        if free == old:
+            if free == 0:
+                w.indexed_free.pop(kind, None)
+            return
+        self._free_total[kind] = self._free_total.get(kind, 0) + free - old
+        ids = self._free_by_kind.setdefault(kind, [])
+        if old == 0:
+            insort(ids, wid)
+        elif free == 0:
+            i = bisect_left(ids, wid)
+            if i < len(ids) and ids[i] == wid:
+                del ids[i]
+        if free:
+            w.indexed_free[kind] = free
+        else:
+            w.indexed_free.pop(kind, None)
+            if not ids:
+                del self._free_by_kind[kind]
+            if not self._free_total.get(kind):
+                self._free_total.pop(kind, None)
 
     def _unindex(self, kind: str, worker: str) -> None:
         ids = self._by_kind.get(kind)

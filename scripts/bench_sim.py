@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Measure how the simulator scales with the number of peers; write the figures as JSON.
 
-For each peer count, runs ``p2c2r simulate`` on the scale scenario (all its policies, in
-``--jobs`` processes) in a fresh interpreter and records wall time, peak RSS (the parent and
-the largest policy worker; their sum bounds the total, since the workers run side by side),
-events processed and the per-policy target figures from the run's summary.json.
+For each peer count, runs the scale scenario in a fresh interpreter — by default one run of
+the default policy (``predicted``; the issue's scale target is for one scenario run), and with
+``--all-policies`` up to that many peers also every policy side by side in ``--jobs``
+processes — and records wall time, peak RSS (the parent and the largest policy worker; with
+``--jobs`` workers running side by side, parent + jobs x worker bounds the total), events
+processed, and the target figures of each policy from the run's summary.json.
 
-    python scripts/bench_sim.py [--peers 100 1000 10000] [--duration 600] [--json bench_sim.json]
+    python scripts/bench_sim.py [--peers 100 1000 10000] [--duration 600] [--all-policies 1000]
+                                [--json bench_sim.json]
 """
 
 from __future__ import annotations
@@ -24,25 +27,38 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
-import json, resource, sys, time
+import dataclasses, json, resource, sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from simulations.cli import run_simulate
+from simulations.cli import run_policies
+from simulations.report import write_outputs
+from simulations.scenario import load_scenario
+from simulations.world import build_world
 t0 = time.perf_counter()
-rc = run_simulate(sys.argv[2], int(sys.argv[3]), sys.argv[4], progress=False, jobs=int(sys.argv[5]),
-                  peers=int(sys.argv[6]), duration_s=float(sys.argv[7]), plots=False)
+scn = load_scenario(sys.argv[2]).with_peers(int(sys.argv[6]), float(sys.argv[7]))
+if sys.argv[8]:
+    scn = dataclasses.replace(scn, policies=tuple(sys.argv[8].split(",")))
+world = build_world(scn, int(sys.argv[3]))
+t1 = time.perf_counter()
+results = run_policies(world, int(sys.argv[5]))
+write_outputs(world, results, Path(sys.argv[4]))
 wall = time.perf_counter() - t0
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"rc": rc, "wall_s": wall, "rss_parent_mib": me, "rss_worker_max_mib": kids}))
+print(json.dumps({"rc": 0, "wall_s": wall, "world_s": t1 - t0, "rss_parent_mib": me,
+                  "rss_worker_max_mib": kids, "events": sum(r.events_run for r in results),
+                  "policy_wall_s": {r.policy: r.wall_s for r in results}}))
 """
 
 
-def run_one(scenario: Path, peers: int, duration: float, jobs: int, seed: int) -> dict[str, Any]:
+def run_one(
+    scenario: Path, peers: int, duration: float, jobs: int, seed: int, policies: str = ""
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, str(ROOT), str(scenario), str(seed), out, str(jobs), str(peers),
-             str(duration)],
+             str(duration), policies],
             capture_output=True,
             text=True,
             check=False,
@@ -77,9 +93,14 @@ def run_one(scenario: Path, peers: int, duration: float, jobs: int, seed: int) -
         "jobs": jobs,
         "wall_s": round(wall, 2),
         "wall_in_run_s": round(m["wall_s"], 2),
+        "world_build_s": round(m["world_s"], 2),
+        "events": m["events"],
+        "policy_wall_s": {k: round(v, 2) for k, v in m["policy_wall_s"].items()},
         "rss_parent_mib": round(m["rss_parent_mib"], 1),
         "rss_worker_max_mib": round(m["rss_worker_max_mib"], 1),
-        "rss_total_bound_mib": round(m["rss_parent_mib"] + jobs * m["rss_worker_max_mib"], 1),
+        "rss_total_bound_mib": round(
+            m["rss_parent_mib"] + min(jobs, len(per_policy)) * m["rss_worker_max_mib"], 1
+        ),
         "results": per_policy,
     }
 
@@ -91,18 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="simulated seconds")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--policy", default="predicted", help="the policy of the single-policy runs")
+    ap.add_argument(
+        "--all-policies", type=int, default=0, metavar="N", help="also run every policy for peer counts <= N"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     args = ap.parse_args(argv)
     rows = []
-    for n in args.peers:
-        row = run_one(args.scenario, n, args.duration, args.jobs, args.seed)
+    plans = [(n, args.policy) for n in args.peers]
+    plans += [(n, "") for n in args.peers if n <= args.all_policies]
+    for n, pol in plans:
+        row = run_one(args.scenario, n, args.duration, args.jobs, args.seed, pol)
+        row["mode"] = pol or "all"
         rows.append(row)
         print(
-            f"{n:>6} peers  {row['wall_s']:8.1f} s wall  parent {row['rss_parent_mib']:.0f} MiB  "
-            f"worker max {row['rss_worker_max_mib']:.0f} MiB",
+            f"{n:>6} peers  {row['mode']:>9}  {row['wall_s']:8.1f} s wall  {row['events']:>10} events  "
+            f"parent {row['rss_parent_mib']:.0f} MiB  worker max {row['rss_worker_max_mib']:.0f} MiB",
             flush=True,
         )
-    for a, b in itertools.pairwise(rows):
+    single = [r for r in rows if r["mode"] != "all"]
+    for a, b in itertools.pairwise(single):
         growth = b["wall_s"] / a["wall_s"] if a["wall_s"] else float("nan")
         print(f"  {a['peers']} -> {b['peers']} peers: wall x{growth:.1f}")
     if args.json:

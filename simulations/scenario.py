@@ -110,6 +110,10 @@ class ControlSpec:
     election_lease_s: float = 1.5
     renew_interval_s: float = 0.5
     summary_interval_s: float = 1.0
+    #: Load reports to the coordinator (``nodes.control``'s ``LoadReport``, 2 Hz); 0 = none.
+    load_report_interval_s: float = 0.5
+    #: ``nodes.control`` raises the election's claim timeout from 0.2 s to 0.5 s.
+    claim_timeout_s: float = 0.5
     #: "coordinator": heartbeats go to the region coordinator (one copy each);
     #: "topic": flooded to every member of the region (one copy per member).
     heartbeat_delivery: str = "coordinator"
@@ -155,6 +159,10 @@ class WorkloadSpec:
     lease_s: float = 0.0
     #: Slots per lease (closed-loop lanes keep this many tasks in flight on the leased worker).
     slots: int = 1
+    #: Extra tasks a closed-loop lane keeps queued on its worker beyond its slots, so the next
+    #: task is already there when one finishes (hides the round trip, as a prefetching batch
+    #: client does).
+    pipeline: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ What runs where
     * the acting coordinator of a region owns a real ``MembershipCore`` (fed by the region's
       heartbeats, built with ``MembershipCore.local_heartbeat``-equivalent ``Heartbeat``s whose
       sizes come from ``Heartbeat.encode()``) and a real ``Scheduler`` with the policy under
-      test. A new coordinator starts both from empty, as a real one would after failover;
+      test. Every member runs membership all along in the real shell, so a new coordinator
+      starts its membership table and scheduler from the region's live members (itself
+      included: the coordinator is a worker too), as ``nodes.control`` seeds its coordinator;
     * gamers hold placement leases from their region's coordinator and send tasks straight to
       the leased worker (the coordinator never sees task bytes); workers are k-slot FIFO
       queues with service times from calibrated kind costs scaled by CPU speed / GPU;
@@ -23,8 +25,10 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
       lease request (``Scheduler.on_completion``), renews a lease 1 s before it ends (with the
       current worker as affinity), and drops a lease after 3 consecutive misses;
     * verification: a gamer spot-checks a fraction of results; a caught cheater is banned
-      (``on_worker_gone`` on its coordinator, heartbeats ignored). The repository has no
-      verification/reputation core yet, so this policy lives here (see the report).
+      (``on_worker_gone`` on its coordinator, heartbeats ignored). ``nodes.verification`` and
+      ``nodes.reputation`` are not driven yet (see docs/SIMULATION.md, "What is left").
+    * heartbeats due in one tenth of an interval in one region travel as one event (each one
+      still dropped by loss or partition on its own); load reports are counted in bytes.
 
 Determinism: one event heap ordered by (time, seq); every random draw comes from a generator
 seeded by (seed, concern); no set of peers is ever iterated unsorted.
@@ -43,6 +47,7 @@ from typing import Any
 
 import msgpack
 
+from mesh import control_wire as cw
 from mesh.election import (
     BecomeCoordinator,
     Broadcast,
@@ -67,7 +72,6 @@ from mesh.membership import (
     PeerJoined,
     PeerSuspected,
 )
-from mesh.vivaldi import estimate_rtt
 from nodes.scheduler import (
     LeaseGranted,
     OverflowToRegion,
@@ -129,6 +133,8 @@ class SimResult:
     # coordinator log: (t, region, event, peer, epoch, gap_s)
     failovers: list[tuple[float, str, str, str, int, float]]
     counters: dict[str, int]
+    #: Every lease a gamer accepted: (request sent, lease received, worker index).
+    leases: list[tuple[float, float, int]] = field(default_factory=list)
     events_run: int = 0
     wall_s: float = 0.0
 
@@ -199,6 +205,7 @@ class _Lane:
         "misses",
         "req_id",
         "req_n",
+        "req_t",
         "samples",
         "stream",
         "worker",
@@ -213,6 +220,7 @@ class _Lane:
         self.lease_coord: _Coordinator | None = None
         self.req_id: str | None = None
         self.req_n = 0
+        self.req_t = 0.0
         self.held: list[float] = []
         self.misses = 0
         self.busy = 0
@@ -236,6 +244,8 @@ class _Stream:
     gpu_speedup: float
     lease_s: float | None
     slots: int
+    #: Tasks a closed-loop lane keeps in flight: its slots plus the workload's ``pipeline``.
+    inflight: int
     lanes: list[_Lane] = field(default_factory=list)
 
 
@@ -278,7 +288,11 @@ class Simulation:
             max_peers=max(20_000, 2 * world.n_peers),
         )
         self.sched_cfg = SchedulerConfig(lease_s=ctl.lease_s, max_queue_wait_s=ctl.max_queue_wait_s)
-        self.elec_cfg = ElectionConfig(lease_s=ctl.election_lease_s, renew_interval_s=ctl.renew_interval_s)
+        self.elec_cfg = ElectionConfig(
+            lease_s=ctl.election_lease_s,
+            renew_interval_s=ctl.renew_interval_s,
+            claim_timeout_s=ctl.claim_timeout_s,
+        )
         self.interval_s = self.scn.output.interval_s
         self.n_intervals = max(1, math.ceil(self.scn.duration_s / self.interval_s))
         n = self.n_intervals
@@ -291,6 +305,7 @@ class Simulation:
         self.online_n = [0] * n
         self.coord_n = [0] * n
         self.failovers: list[tuple[float, str, str, str, int, float]] = []
+        self.lease_log: list[tuple[float, float, int]] = []
         self.counters: dict[str, int] = {}
         self.t_stream: array = array("i")  # type: ignore[type-arg]
         self.t_worker: array = array("i")  # type: ignore[type-arg]
@@ -335,6 +350,7 @@ class Simulation:
                 gpu.get(wl.kind, 1.0),
                 wl.lease_s or None,
                 max(1, wl.slots),
+                max(1, wl.slots) + max(0, wl.pipeline),
             )
             st.lanes = [_Lane(sd.index, k) for k in range(max(1, sd.lanes))]
             self.streams.append(st)
@@ -350,6 +366,12 @@ class Simulation:
             PlacementLease(1, "s000000.0.000", "g00000", "p00000", "upscale", 1, 1.0, 0.01)
         )
         self.small_bytes = 48 + SIG_BYTES + ENVELOPE_BYTES
+        kinds = sorted({st.kind for st in self.streams}) or ["upscale"]
+        report = cw.LoadReport(1 << 20, 0.5, 2, tuple((k, 8) for k in kinds), ((kinds[0], 20, 0.01),))
+        #: A LoadReport on a control stream (4-byte length prefix; the stream is authenticated).
+        self.lr_bytes = len(cw.encode(report)) + 4
+        lr = ctl.load_report_interval_s
+        self.lr_per_hb = ctl.heartbeat_interval_s / lr if lr > 0 else 0.0
         self.warm = self.scn.output.warmup_s
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -450,6 +472,7 @@ class Simulation:
             coordinators=self.coord_n,
             failovers=self.failovers,
             counters=dict(sorted(self.counters.items())),
+            leases=self.lease_log,
             events_run=loop.events_run,
             wall_s=time.perf_counter() - wall0,
         )
@@ -593,16 +616,16 @@ class Simulation:
         self._election_touch(v)
 
     def _scores(self, r: int) -> dict[str, float]:
+        """Candidate scores as ``nodes.control`` computes them: voters only (its default
+        ``voter_candidates``), ``candidate_score`` of the advertised slots summed over kinds and
+        the uptime, without the observer-dependent distance term, rounded to whole points."""
         now = self.loop.now
-        cent = self.w.region_centroid[r]
         out: dict[str, float] = {}
         for v in self.voters[r]:
             peer = self.peers[v.peer]
             if peer.online or now == 0:
-                rtt = estimate_rtt(self.w.coords[v.peer], cent)
-                out[self.w.peer_ids[v.peer]] = candidate_score(
-                    self.w.peer_cores[v.peer], now - peer.joined_at, rtt
-                )
+                slots = sum(self.w.capacity[v.peer].values())
+                out[self.w.peer_ids[v.peer]] = float(round(candidate_score(slots, now - peer.joined_at, 0.0)))
         return out
 
     def _candidates_tick(self, r: int) -> None:
@@ -693,6 +716,19 @@ class Simulation:
         gap = now - self.region_lost_at[r]
         self.failovers.append((now, self.scn.network.regions[r], "elected", pid, epoch, gap))
         self._count("elections")
+        # Every member runs membership all along, so the new coordinator already knows the live
+        # members of its region and seeds its scheduler with them (nodes.control's
+        # ``_seed_coordinator``), itself included.
+        for p in sorted(q for slot in self.slot_peers[r] for q in slot):
+            if self.peers[p].online and not self.banned[p]:
+                hb = self._peer_heartbeat(p, now)
+                if p == v.peer:
+                    c.last_view[pid] = (hb.queue_depth, hb.incarnation, hb.load)
+                    sched.on_worker(pid, self.w.capacity[p], now, queue_depth=hb.queue_depth, load=hb.load,
+                                    coord=hb.coord)  # fmt: skip
+                else:
+                    c.membership.on_heartbeat(hb, now)
+        self._membership_effects(c)
         self.loop.schedule(now + MEM_TICK_S, self._mem_tick, c)
         self.loop.schedule(now + self.scn.control.summary_interval_s, self._summary_tick, c)
 
@@ -823,19 +859,23 @@ class Simulation:
         topic_copies = max(self.region_online[r] - 1, 0)
         total = 0
         topic = 0
+        live = 0
+        batch: list[tuple[Heartbeat, int]] = []
+        far = 0.0
+        cpeer = c.peer if c is not None else -1
+        base = net.base_s[r][r] + 0.0
+        access = net.access_s
+        blocked = net.blocked if net._cuts else None
+        loss = net.loss
+        rnd = net.rng.random
         for p in self.slot_peers[r][s]:
             peer = peers[p]
             if not peer.online:
                 continue
+            live += 1
             peer.seq += 1
             # Load and queue as the worker would report them right now.
-            busy = 0
-            for f in peer.slot_free:
-                if f > now:
-                    busy += 1
-            for f in peer.batch_free:
-                if f > now:
-                    busy += 1
+            busy = sum(map(now.__lt__, peer.slot_free)) + sum(map(now.__lt__, peer.batch_free))
             pend = peer.pending
             while pend and pend[0][1] <= now:
                 pend.popleft()
@@ -865,46 +905,89 @@ class Simulation:
             peer.hb_count += 1
             total += peer.hb_size
             topic += peer.hb_size * topic_copies
-            if c is None or c.peer == p or self.banned[p]:
+            if c is None or self.banned[p]:
                 continue
-            d = net.control_delay(p, c.peer)
-            if d is not None:
-                loop.schedule(now + d, self._hb_arrive, c, hb, p)
+            if p == cpeer:
+                batch.append((hb, p))  # the coordinator's own report: no network hop
+                continue
+            # Loss and partitions per heartbeat; the batch lands when its farthest member's
+            # would (half the mean RTT plus one jitter draw): one event per slot and region.
+            if blocked is not None and blocked(p, cpeer):
+                continue
+            if loss > 0.0 and rnd() < loss:
+                continue
+            h = base + access[p]
+            if h > far:
+                far = h
+            batch.append((hb, p))
+        if batch:
+            d = 0.5 * (far + access[cpeer])
+            if net.jitter_mean_s > 0:
+                d += net.rng.expovariate(1.0 / net.jitter_mean_s)
+            loop.schedule(now + d, self._hb_batch_arrive, c, batch)
         b = self._bucket(now)
-        self.ctrl[b] += topic if self.scn.control.heartbeat_delivery == "topic" else total
+        # Load reports (the real shell's 2 Hz LoadReport to the coordinator) are counted in
+        # bytes; their content reaches the scheduler with the heartbeats.
+        reports = live * self.lr_per_hb * self.lr_bytes
+        self.ctrl[b] += (topic if self.scn.control.heartbeat_delivery == "topic" else total) + reports
         self.topic_hb[b] += topic
         self.direct_hb[b] += total
         loop.schedule(now + self.scn.control.heartbeat_interval_s, self._hb_slot, r, s)
 
-    def _hb_arrive(self, c: _Coordinator, hb: Heartbeat, p: int) -> None:
-        if not c.alive or self.banned[p]:
+    def _peer_heartbeat(self, p: int, now: float) -> Heartbeat:
+        """Peer ``p``'s latest heartbeat as a member's membership table holds it."""
+        peer = self.peers[p]
+        busy = sum(1 for f in peer.slot_free if f > now) + sum(1 for f in peer.batch_free if f > now)
+        queued = sum(1 for st, f in peer.pending if st > now)
+        return Heartbeat(
+            self.w.peer_ids[p], peer.inc, peer.seq, self.scn.network.regions[self.w.peer_region[p]], "0.1.0",
+            min(1.0, busy / len(peer.slot_free)), queued, (), self.w.coords[p], self.w.coord_err[p],
+            now - peer.joined_at,
+        )  # fmt: skip
+
+    def _hb_batch_arrive(self, c: _Coordinator, batch: list[tuple[Heartbeat, int]]) -> None:
+        if not c.alive:
             return
         now = self.loop.now
         mem = c.membership
-        if mem.on_heartbeat(hb, now):
+        sched = c.scheduler
+        banned = self.banned
+        cap = self.w.capacity
+        last_view = c.last_view
+        touched = False
+        for hb, p in batch:
+            if p == c.peer:
+                # The coordinator schedules onto itself too (nodes.control feeds its own load
+                # report to its coordinator core); its membership core ignores its own beat.
+                view = (hb.queue_depth, hb.incarnation, hb.load)
+                if last_view.get(hb.peer) != view:
+                    last_view[hb.peer] = view
+                    sched.on_worker(
+                        hb.peer, cap[p], now, queue_depth=hb.queue_depth, load=hb.load, coord=hb.coord
+                    )
+                    touched = True
+                continue
+            if banned[p] or not mem.on_heartbeat(hb, now):
+                continue
             effects = mem.poll_effects()
+            view = (hb.queue_depth, hb.incarnation, hb.load)
             if effects:
                 # Joined/alive: hand over with the capacity the real heartbeat carries.
                 for eff in effects:
                     if isinstance(eff, (PeerJoined, PeerAlive)):
-                        c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
-                        c.scheduler.on_worker(
-                            hb.peer,
-                            self.w.capacity[p],
-                            now,
-                            queue_depth=hb.queue_depth,
-                            load=hb.load,
-                            coord=hb.coord,
+                        last_view[hb.peer] = view
+                        sched.on_worker(
+                            hb.peer, cap[p], now, queue_depth=hb.queue_depth, load=hb.load, coord=hb.coord
                         )
-                self._sched_touch(c)
-                return
-            view = (hb.queue_depth, hb.incarnation, hb.load)
-            if c.last_view.get(hb.peer) != view:
-                c.last_view[hb.peer] = view
-                c.scheduler.on_worker(
-                    hb.peer, self.w.capacity[p], now, queue_depth=hb.queue_depth, load=hb.load, coord=hb.coord
+                        touched = True
+            elif last_view.get(hb.peer) != view:
+                last_view[hb.peer] = view
+                sched.on_worker(
+                    hb.peer, cap[p], now, queue_depth=hb.queue_depth, load=hb.load, coord=hb.coord
                 )
-                self._sched_touch(c)
+                touched = True
+        if touched:
+            self._sched_touch(c)
 
     # -- gamers ----------------------------------------------------------------------------
 
@@ -918,13 +1001,13 @@ class Simulation:
 
     def _lane_next(self, lane: _Lane) -> None:
         st = self.streams[lane.stream]
-        if lane.busy >= st.slots:
+        if lane.busy >= st.inflight:
             return
         now = self.loop.now
         if now >= self.scn.duration_s:
             return
         self._maybe_request(lane)
-        while lane.worker >= 0 and now < lane.lease_exp and lane.busy < st.slots:
+        while lane.worker >= 0 and now < lane.lease_exp and lane.busy < st.inflight:
             lane.busy += 1
             self._send(st, lane, now)
 
@@ -952,6 +1035,7 @@ class Simulation:
         lane.req_n += 1
         rid = f"s{lane.stream}.{lane.lane}.{lane.req_n}"
         lane.req_id = rid
+        lane.req_t = now
         self.req_lane[rid] = lane
         req = PlacementRequest(
             request_id=rid,
@@ -1017,6 +1101,7 @@ class Simulation:
         lane.req_id = None
         lane.backoff = RETRY_BACKOFF_S
         w = self.peer_index[lease.worker]
+        self.lease_log.append((lane.req_t, now, w))
         if lane.worker >= 0 and lane.worker != w and lane.lease_coord is not None and now < lane.lease_exp:
             self._release(lane.lease_coord, lane.lease_id, st.gamer)
         self._drop_lease(lane)
@@ -1070,18 +1155,17 @@ class Simulation:
             return
         self.task_bytes[self._bucket(now)] += st.in_bytes
         arrive = self.net.data_delay(st.gamer, w, st.in_bytes, now)
-        if arrive is None:
-            self.loop.schedule(t0 + st.deadline_s, self._lost, lane, t0, w)
-            return
-        self.loop.schedule(arrive, self._task_arrive, lane, t0, w, self.peers[w].inc)
-
-    def _task_arrive(self, lane: _Lane, t0: float, w: int, inc: int) -> None:
-        now = self.loop.now
         peer = self.peers[w]
-        st = self.streams[lane.stream]
-        if not peer.online or peer.inc != inc:
+        if arrive is None or not peer.online or arrive >= peer.session_end:
             self.loop.schedule(t0 + st.deadline_s, self._lost, lane, t0, w)
             return
+        self._task_arrive(st, lane, t0, w, arrive)
+
+    def _task_arrive(self, st: _Stream, lane: _Lane, t0: float, w: int, now: float) -> None:
+        """The task reaches worker ``w`` at ``now`` (a future time: it is queued on the worker
+        when sent, which saves an event per task; FIFO order on a worker is therefore send
+        order, and a worker that dies before the result leaves is caught in ``_result``)."""
+        peer = self.peers[w]
         svc = st.cost_s / self.w.peer_speed[w]
         if self.w.peer_gpu[w]:
             svc /= st.gpu_speedup
@@ -1093,10 +1177,7 @@ class Simulation:
             wall = svc / (1.0 - min(peer.rho, 0.9))
         else:
             heap = peer.slot_free
-            busy = 0
-            for f in heap:
-                if f > now:
-                    busy += 1
+            busy = sum(map(now.__lt__, heap))
             peer.rho += 0.05 * (busy / len(heap) - peer.rho)
             wall = svc
         free = heapq.heappop(heap)
@@ -1120,9 +1201,15 @@ class Simulation:
         if net.loss > 0 and net.rng.random() < net.loss:
             back += max(0.2, 2.0 * net.rtt(w, st.gamer))
         self.task_bytes[self._bucket(finish)] += st.out_bytes
-        self.loop.schedule(back, self._result, lane, t0, w, finish - now, wrong)
+        self.loop.schedule(back, self._result, lane, t0, w, finish - now, wrong, peer.inc, finish)
 
-    def _result(self, lane: _Lane, t0: float, w: int, svc: float, wrong: bool) -> None:
+    def _result(
+        self, lane: _Lane, t0: float, w: int, svc: float, wrong: bool, inc: int, finish: float
+    ) -> None:
+        peer = self.peers[w]
+        if peer.inc != inc or (not peer.online and peer.session_end < finish):
+            self._lost(lane, t0, w)  # the worker died (or was killed) before it finished
+            return
         now = self.loop.now
         st = self.streams[lane.stream]
         latency = now - t0

@@ -295,3 +295,25 @@ def test_same_seed_same_effects() -> None:
         return out
 
     assert run(4) == run(4)
+
+
+def test_free_slot_index_finds_the_last_free_workers_and_keeps_totals() -> None:
+    s = Scheduler(random.Random(1), SchedulerConfig(max_candidates=8, lease_s=100.0))
+    for i in range(500):
+        s.on_worker(f"w{i:03d}", {"upscale": 2, "ai": 1}, 0.0)
+    assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 500, "upscale": 1000}
+    for i in range(999):
+        s.submit(req(f"r{i}"), 0.0)
+    effs = s.poll_effects()
+    assert len(granted(effs)) == 999
+    assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 500, "upscale": 1}
+    # the one worker with room left is found although a sample of 8 almost never contains it
+    s.submit(req("last"), 0.0)
+    (last,) = granted(s.poll_effects())
+    assert s.in_use(last[1], "upscale") == 2
+    s.submit(req("none"), 0.0)
+    assert not granted(s.poll_effects())
+    s.on_worker_gone(last[1], 1.0)
+    assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 499}
+    s.on_worker(last[1], {"upscale": 3}, 2.0)
+    assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 499, "upscale": 1}
