@@ -29,6 +29,7 @@ from mesh.errors import ConfigError, P2C2RError
 log = logging.getLogger("p2c2r.cli")
 
 ENV_PEER = "P2C2R_PEER"
+ENV_EXIT_WITH_PARENT = "P2C2R_EXIT_WITH_PARENT"
 
 
 def _home() -> Path:
@@ -150,6 +151,10 @@ async def _run_node(args: argparse.Namespace) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(share))
     console = Console(stderr=False, highlight=False)
     async with open_node(config) as node:
+        if getattr(args, "misbehave", None):  # hidden, test-only (adversarial e2e)
+            from nodes.misbehave import install
+
+            install(node.worker, args.misbehave)
         addrs = node.dialable_addrs()
         w = config.worker
         console.print(f"[bold]p2c2r node[/bold] {node.peer_id}")
@@ -176,10 +181,14 @@ async def _run_node(args: argparse.Namespace) -> None:
             (state / "last-node.addr").write_text(addrs[0] + "\n")
         except OSError:
             pass  # the address file is a convenience for `p2c2r submit`, never required
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for sig in signals:
-                console.print(f"stopping ({signal.Signals(sig).name}) ...")
-                break
+        async with trio.open_nursery() as waiters:
+            if os.environ.get(ENV_EXIT_WITH_PARENT):
+                waiters.start_soon(_exit_with_parent, waiters.cancel_scope, console)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for sig in signals:
+                    console.print(f"stopping ({signal.Signals(sig).name}) ...")
+                    break
+            waiters.cancel_scope.cancel()
         s = node.worker.stats
         console.print(
             f"stopped: {s.completed} tasks served, {s.failed} failed, {s.protocol_errors} protocol errors"
@@ -280,6 +289,15 @@ def _print_status(snap: Any) -> None:
     dropped = {k: v for k, v in snap.counters if v}
     if dropped:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
+
+
+async def _exit_with_parent(scope: trio.CancelScope, console: Any) -> None:
+    """Stop when the process that started us is gone (``demo`` and benchmarks set this)."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - polling is the only way to see a parent die
+        await trio.sleep(0.5)
+    console.print("stopping (parent process exited) ...")
+    scope.cancel()
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:
@@ -430,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics on 127.0.0.1:PORT (default 0: any free port; -1: off)",
     )
     s.add_argument("--warmup", action="store_true", help="run each kernel once at start (loads torch models)")
+    # Test-only: make this worker cheat (nodes.misbehave); hidden from --help on purpose.
+    s.add_argument("--misbehave", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_node_run)
 
     s = sub.add_parser("status", help="show regions, coordinators, members, load and latencies")

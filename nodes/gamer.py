@@ -14,27 +14,45 @@ Sync, e.g. from a pygame loop (never blocks the loop: ``submit`` returns a futur
         if fut.done(): world = fut.result()
 
 What the client guarantees: every handle ends with a verified result or a typed error.
-A result is returned only after its signature verifies against the peer id the Noise
-handshake authenticated for the stream it arrived on, over a digest the client rebuilds
-from what it sent (task id, kind, parameters, input) and what it received (output). A
-deadline that passes fails the handle with ``TaskTimeoutError`` and any later result is
-dropped. When a worker's connection drops, its in-flight tasks whose deadline has not
-passed are resubmitted to another worker (up to ``max_attempts``); with no worker left
-they fail with ``UnavailableError``.
+Two layers decide what "verified" means:
+
+1. **Signatures** (always): a result counts only when its signature verifies against the
+   peer id the Noise handshake authenticated for the stream it arrived on, over a digest
+   the client rebuilds from what it sent (wire id, kind, parameters, input) and what it
+   received (output). A bad one is a ``VerificationError`` for that copy (and a ban).
+2. **The verification policy** (``nodes.verification.VerificationCore``, on by default,
+   ``verification=VerificationConfig.off()`` for raw-transport benchmarks): per-kind
+   self-checks on every result, known-answer probes, redundancy at a rate that follows
+   each worker's reputation, disputes settled by re-running the kernel here, hedging of
+   copies that do not answer, bans. The core decides where each copy goes; this shell
+   does the I/O. Every copy is a real task on the wire with its own wire id (the
+   worker cannot tell a probe or a duplicate from a first request); the user's task id
+   never leaves this process.
+
+A deadline that passes fails the handle with ``TaskTimeoutError`` (or its subclass
+``VerificationTimeoutError`` when an answer came but its confirmation did not) and any
+later result is dropped. When a worker's connection drops, its copies fail and the core
+places replacements on other workers; with nobody left, tasks fail with a typed error.
+
+Evidence against caught workers (``Penalise`` with ``Evidence``) is kept
+(``evidence()``), handed to hooks (``add_penalise_hook``), sent to every connected
+worker node over ``/p2c2r/evidence/1.0.0`` and published on an optional in-process
+``EvidenceBus`` that other gamers verify for themselves (``nodes.evidence``).
 
 How peers are found is replaceable: ``connect`` takes multiaddrs (or a ready ``Host``);
-the mesh control plane plugs in through ``add_worker``.
+the mesh control plane plugs in through ``add_worker``, ``set_placement`` and
+``add_completion_hook``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import heapq
-import itertools
 import logging
 import math
 import os
+import random
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,16 +67,35 @@ from mesh.errors import (
     LimitExceededError,
     P2C2RError,
     ProtocolError,
-    RejectedError,
     TaskTimeoutError,
     UnavailableError,
+    ValidationError,
     VerificationError,
     error_from_wire,
 )
 from mesh.identity import Identity, peer_id_to_str
 from mesh.transport import Host, Stream, write_chunked
+from nodes.evidence import EvidenceBus, send_evidence, verify_in_thread
 from nodes.metrics import NodeMetrics
+from nodes.reputation import Evidence, InvalidEvidenceError, Reputation, ReputationConfig
+from nodes.verification import (
+    Cancel,
+    Effect,
+    Penalise,
+    Probe,
+    Reject,
+    Resolve,
+    Role,
+    RunCheck,
+    SendTo,
+    Task,
+    VerificationConfig,
+    VerificationCore,
+    VerificationStats,
+    run_check,
+)
 from tasks.receipt import receipt_digest, verify_receipt
+from tasks.registry import Registry, default_registry
 
 log = logging.getLogger("p2c2r.gamer")
 
@@ -75,11 +112,22 @@ class GamerConfig:
     max_batch_bytes: int = 4 * 1024 * 1024
     #: Most tasks packed into one frame; 1 turns batching off (pipelining only).
     max_batch_tasks: int = 1024
-    #: Times one task is sent in total (first try + resubmissions after failures).
+    #: Copies of one task that may fail (error reply, lost connection, bad signature)
+    #: before the task ends with the last error; copies always go to distinct workers.
     max_attempts: int = 3
     #: Outputs larger than this are hashed off the trio thread.
     offload_hash_bytes: int = 256 * 1024
     read_chunk: int = 256 * 1024
+    #: The verification policy (default: on). ``VerificationConfig.off()`` keeps only the
+    #: signature check, for benchmarks of the raw transport.
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    #: Reputation settings of this client's local view of workers.
+    reputation: ReputationConfig = field(default_factory=ReputationConfig)
+    #: Checks (self-checks, comparisons, re-runs) running at once in worker threads.
+    check_threads: int = 2
+    #: Seed of the policy's random choices (placement, sampling, wire ids); None: from
+    #: the OS. Tests pin it for repeatable runs.
+    seed: int | None = None
 
 
 @dataclass
@@ -88,15 +136,27 @@ class GamerStats:
     verified: int = 0
     failed: int = 0
     timeouts: int = 0
+    #: Replacement copies sent after a copy failed, was lost or did not answer in time.
     resubmitted: int = 0
     late_dropped: int = 0
+    #: Results refused for a bad signature or task binding.
     verification_failures: int = 0
+    #: Extra copies sent to confirm results (duplicates, tie-breaks) and probes.
+    duplicates: int = 0
+    probes: int = 0
+    #: Results resolved on their self-check alone for want of another worker (lower
+    #: assurance than the policy asked for).
+    unconfirmed: int = 0
+    bans: int = 0
+    evidence_shared: int = 0
 
 
 #: ``placer(kind, [(worker peer id, tasks in flight), ...]) -> worker peer id or None``
 Placer = Callable[[str, list[tuple[bytes, int]]], bytes | None]
 #: ``hook(kind, worker peer id or None, latency_s, outcome)``; outcome "ok" or an error code
 CompletionHook = Callable[[str, bytes | None, float, str], None]
+#: ``hook(penalise)``: a worker was penalised; ``penalise.evidence`` set when transferable
+PenaliseHook = Callable[[Penalise], None]
 
 
 class TaskHandle:
@@ -158,25 +218,43 @@ class TaskHandle:
 
 
 @dataclass(eq=False)
-class _Pending:
+class _UserTask:
     handle: TaskHandle
-    record: wire.TaskRecord
+    kind: str
+    payload: bytes
+    enc: int
+    params_digest: bytes
+    input_digest: bytes
+    last_worker: bytes | None = None
+
+
+@dataclass(eq=False)
+class _Wire:
+    """One copy on the wire: what its receipt must bind, and the link it went out on."""
+
+    wire_id: bytes
+    link: _WorkerLink
+    kind: str
+    params: dict[str, Any]
+    payload: bytes
+    enc: int
     params_digest: bytes
     input_digest: bytes
     deadline: float
-    attempts: int = 0
-    link: _WorkerLink | None = None
+    task_id: bytes | None  # None: a probe
 
 
 @dataclass(eq=False)
 class _WorkerLink:
     peer: bytes
     stream: Stream
-    send: trio.MemorySendChannel[wire.TaskRecord | bytes]
-    recv: trio.MemoryReceiveChannel[wire.TaskRecord | bytes]
-    pending: dict[bytes, _Pending] = field(default_factory=dict)
+    send: trio.MemorySendChannel[_Wire | bytes]
+    recv: trio.MemoryReceiveChannel[_Wire | bytes]
+    pending: dict[bytes, _Wire] = field(default_factory=dict)
+    #: Items that did not fit in the send queue, in order; a flusher task drains them.
+    overflow: deque[_Wire | bytes] = field(default_factory=deque)
+    flushed: trio.Event = field(default_factory=trio.Event)
     alive: bool = True
-    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def name(self) -> str:
@@ -186,20 +264,41 @@ class _WorkerLink:
 class GamerClient:
     """Async client. Create with ``async with GamerClient.connect(...)``."""
 
-    def __init__(self, host: Host, nursery: trio.Nursery, config: GamerConfig) -> None:
+    def __init__(
+        self,
+        host: Host,
+        nursery: trio.Nursery,
+        config: GamerConfig,
+        *,
+        registry: Registry | None = None,
+        identity: Identity | None = None,
+        evidence_bus: EvidenceBus | None = None,
+    ) -> None:
         self.host = host
         self.config = config
+        self.registry = registry or default_registry()
+        self.identity = identity
         self.stats = GamerStats()
         self._nursery = nursery
         self._links: list[_WorkerLink] = []
-        self._rr = itertools.count()
-        self._pending: dict[bytes, _Pending] = {}
-        self._deadlines: list[tuple[float, int, bytes]] = []
-        self._seq = itertools.count()
+        self._by_peer: dict[bytes, _WorkerLink] = {}
+        self._tasks: dict[bytes, _UserTask] = {}
+        self._wires: dict[bytes, _Wire] = {}
         self._reaper_scope: trio.CancelScope | None = None
-        self._links_changed = trio.Event()
-        self._placer: Placer | None = None
         self._completion_hooks: list[CompletionHook] = []
+        self._penalise_hooks: list[PenaliseHook] = []
+        self._evidence: deque[Evidence] = deque(maxlen=256)
+        self._check_limiter = trio.CapacityLimiter(max(1, config.check_threads))
+        self._anchoring: dict[str, int] = {}
+        self._bus = evidence_bus
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(8), "big")
+        vconf = config.verification
+        if vconf.max_failures != config.max_attempts:
+            from dataclasses import replace
+
+            vconf = replace(vconf, max_failures=config.max_attempts)
+        self.reputation = Reputation(config.reputation)
+        self._core = VerificationCore(self.registry, self.reputation, random.Random(seed), vconf)
         self.metrics = NodeMetrics("gamer")
         #: The mesh control-plane client (``nodes.mesh_client.MeshClient``) when joined by bootstrap.
         self.mesh: Any = None
@@ -217,6 +316,9 @@ class GamerClient:
         config: GamerConfig = GamerConfig(),
         bootstrap: Sequence[str] = (),
         region: str | None = None,
+        verification: VerificationConfig | None = None,
+        registry: Registry | None = None,
+        evidence_bus: EvidenceBus | None = None,
     ) -> AsyncIterator[GamerClient]:
         """Open a client connected to the workers at ``peers`` (``/p2p/`` multiaddrs).
 
@@ -224,15 +326,28 @@ class GamerClient:
         identity unless one is given. With ``bootstrap`` multiaddrs, joins the mesh
         (``nodes.mesh_client``): finds the region's coordinator, holds placement leases and
         connects to the leased workers, failing over when the coordinator disappears.
+        ``verification`` overrides ``config.verification`` (e.g. ``VerificationConfig.off()``);
+        ``registry`` is the set of kinds this client can verify (default: every built-in);
+        ``evidence_bus`` shares evidence with other clients in this process.
         """
+        if verification is not None:
+            from dataclasses import replace
+
+            config = replace(config, verification=verification)
         async with AsyncExitStack() as stack:
             if host is None:
                 from mesh.libp2p_host import open_host
 
-                host = await stack.enter_async_context(open_host(identity or Identity.generate()))
+                identity = identity or Identity.generate()
+                host = await stack.enter_async_context(open_host(identity))
+            else:
+                identity = identity or getattr(host, "identity", None)
             nursery = await stack.enter_async_context(trio.open_nursery())
-            client = cls(host, nursery, config)
+            client = cls(
+                host, nursery, config, registry=registry, identity=identity, evidence_bus=evidence_bus
+            )
             await nursery.start(client._reap_deadlines)
+            unsubscribe = evidence_bus.subscribe(client._on_bus_evidence) if evidence_bus else None
             try:
                 for addr in peers:
                     await client.add_worker(addr)
@@ -242,6 +357,8 @@ class GamerClient:
                     client.mesh = await join_mesh(client, nursery, bootstrap, region=region)
                 yield client
             finally:
+                if unsubscribe is not None:
+                    unsubscribe()
                 client._fail_all(UnavailableError("the client was closed before the task completed"))
                 nursery.cancel_scope.cancel()
 
@@ -251,21 +368,70 @@ class GamerClient:
             peer = await self.host.connect(addr)
         if peer is None:
             raise ValueError("add_worker needs an address or a peer id")
-        for link in self._links:
-            if link.peer == peer and link.alive:
-                return peer
+        old = self._by_peer.get(peer)
+        if old is not None and old.alive:
+            return peer
         stream = await self.host.open_stream(peer, wire.PROTOCOL_ID)
-        send, recv = trio.open_memory_channel[wire.TaskRecord | bytes](self.config.send_queue)
+        send, recv = trio.open_memory_channel[_Wire | bytes](self.config.send_queue)
         link = _WorkerLink(peer=peer, stream=stream, send=send, recv=recv)
         self._links.append(link)
+        self._by_peer[peer] = link
         self._nursery.start_soon(self._run_link, link)
-        self._links_changed.set()
-        self._links_changed = trio.Event()
+        self._core.on_worker_up(peer, trio.current_time())
+        self._drain()
+        if self._evidence:  # what we caught before it joined
+            self._nursery.start_soon(self._share_evidence, list(self._evidence), [link])
         log.info("connected to worker %s", link.name)
         return peer
 
     def workers(self) -> list[bytes]:
         return [link.peer for link in self._links if link.alive]
+
+    # ------------------------------------------------------------------ trust surface
+
+    @property
+    def verification_stats(self) -> VerificationStats:
+        """The policy's own counters (probes, duplicates, disputes, bans, ...)."""
+        return self._core.stats
+
+    def evidence(self) -> list[Evidence]:
+        """Evidence against workers this client caught (most recent last, bounded)."""
+        return list(self._evidence)
+
+    def banned(self) -> list[bytes]:
+        """Workers this client currently bans."""
+        return [p for p, _ in self.reputation.banned(trio.current_time())]
+
+    def add_penalise_hook(self, hook: PenaliseHook) -> None:
+        """Call ``hook(penalise)`` whenever the policy penalises a worker."""
+        self._penalise_hooks.append(hook)
+
+    def add_known_answer(self, kind: str, params: dict[str, Any] | None, data: bytes, output: bytes) -> bool:
+        """Seed a probe with an answer this client trusts (e.g. computed itself)."""
+        ok = self._core.add_known_answer(
+            kind, dict(params or {}), bytes(data), bytes(output), trio.current_time()
+        )
+        return ok
+
+    async def add_evidence(self, evidence: Evidence) -> bool:
+        """Evidence from elsewhere: verified here (off the loop) before it bans anyone."""
+        if not self.reputation.first_sight(evidence):
+            return False
+        try:
+            proof = await verify_in_thread(evidence, self.registry)
+        except InvalidEvidenceError as exc:
+            log.info("refused evidence against %s: %s", peer_id_to_str(evidence.accused), exc)
+            return False
+        now = trio.current_time()
+        if self.reputation.apply_evidence(evidence, proof, now) is None:
+            return False
+        self._core.ban(evidence.accused, now, f"evidence:{proof.value}")
+        self._drain()
+        return True
+
+    def _on_bus_evidence(self, evidence: Evidence, origin: object) -> None:
+        if origin is not self:
+            self._nursery.start_soon(self.add_evidence, evidence)
 
     # ------------------------------------------------------------------ submit
 
@@ -278,10 +444,10 @@ class GamerClient:
         deadline: float | None = None,
     ) -> TaskHandle:
         """Send one task; ``deadline`` is seconds from now (default ``default_deadline_s``)."""
-        pending = self._new_pending(kind, data, params, deadline)
-        await self._dispatch(pending)
+        handle = self._submit(kind, data, params, deadline)
+        await self._wait_room()
         await trio.lowlevel.checkpoint()
-        return pending.handle
+        return handle
 
     async def submit_many(
         self,
@@ -292,9 +458,8 @@ class GamerClient:
         """Send several tasks at once; queued together, they travel in as few frames as fit."""
         handles = []
         for kind, data, params in items:
-            pending = self._new_pending(kind, data, params, deadline)
-            await self._dispatch(pending)  # yields only when a send queue is full
-            handles.append(pending.handle)
+            handles.append(self._submit(kind, data, params, deadline))
+            await self._wait_room()  # yields only when a send queue is full
         await trio.lowlevel.checkpoint()
         return handles
 
@@ -321,9 +486,9 @@ class GamerClient:
         """Submit one task and wait for its verified output."""
         return await (await self.submit(kind, data, params, deadline=deadline)).result()
 
-    def _new_pending(
+    def _submit(
         self, kind: str, data: bytes, params: dict[str, Any] | None, deadline: float | None
-    ) -> _Pending:
+    ) -> TaskHandle:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"task data must be bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -337,79 +502,215 @@ class GamerClient:
         framed = len(payload) + len(kind) + len(wire.packed_params(params)) + wire.RECORD_OVERHEAD
         if max(len(data), framed) > self.config.max_frame:
             # A frame over the worker's limit makes it reset the stream, failing every
-            # task on it, and the resubmission would do the same to the next worker.
+            # task on it, and the replacement would do the same to the next worker.
             raise LimitExceededError(
                 f"task input of {len(data)} bytes does not fit in a frame of {self.config.max_frame} bytes"
             )
-        record = wire.TaskRecord(task_id, kind, params, payload, enc, budget_ms=max(1, int(budget * 1000)))
         handle = TaskHandle(task_id, kind, now)
         handle._cancel_hook = self._cancel
-        pending = _Pending(handle, record, wire.params_digest(params), wire.digest(data), now + budget)
-        self._pending[task_id] = pending
-        heapq.heappush(self._deadlines, (pending.deadline, next(self._seq), task_id))
-        if self._reaper_scope is not None and pending.deadline < self._reaper_scope.deadline:
-            self._reaper_scope.deadline = pending.deadline
+        self._tasks[task_id] = _UserTask(
+            handle, kind, payload, enc, wire.params_digest(params), wire.digest(data)
+        )
         self.stats.submitted += 1
-        return pending
+        self._core.on_submit(Task(task_id, kind, params, data, now + budget), now)
+        self._drain()
+        if task_id in self._tasks:
+            self._maybe_anchor(kind, params, data)
+        return handle
 
     def set_placement(self, placer: Placer | None) -> None:
         """Let the control plane choose workers (e.g. from placement leases).
 
-        ``placer(kind, candidates)`` gets the live workers as ``(peer id, tasks in flight)``
-        pairs and returns the peer id to use, or None to fall back to least-loaded.
+        ``placer(kind, candidates)`` gets the live, unbanned workers as ``(peer id,
+        copies in flight)`` pairs and returns the peer id to use as the task's primary,
+        or None to let the policy choose. Duplicates and probes stay the policy's choice.
         """
-        self._placer = placer
+        self._core.placer = placer
 
     def add_completion_hook(self, hook: CompletionHook) -> None:
         """Call ``hook(kind, worker, latency_s, outcome)`` when a task ends (for coordinators)."""
         self._completion_hooks.append(hook)
 
-    def _pick_link(self, exclude: _WorkerLink | None = None, kind: str = "") -> _WorkerLink | None:
-        alive = [link for link in self._links if link.alive and link is not exclude]
-        if not alive:
-            return None
-        if self._placer is not None:
-            chosen = self._placer(kind, [(link.peer, len(link.pending)) for link in alive])
-            for link in alive:
-                if link.peer == chosen:
-                    return link
-        start = next(self._rr) % len(alive)
-        order = alive[start:] + alive[:start]
-        return min(order, key=lambda link: len(link.pending))
+    # ------------------------------------------------------------------ effects
 
-    async def _dispatch(self, pending: _Pending, exclude: _WorkerLink | None = None) -> None:
-        link = self._pick_link(exclude, pending.record.kind)
-        if link is None:
-            self._finish(pending, None, UnavailableError("no worker is connected; add one with add_worker()"))
+    def _drain(self) -> None:
+        """Carry out everything the policy asked for. Never blocks: sends that do not fit
+        a queue wait in the link's overflow, checks that compute go to threads."""
+        core = self._core
+        while True:
+            effs = core.poll_effects()
+            if not effs:
+                break
+            for eff in effs:
+                self._apply(eff)
+        self.stats.unconfirmed = core.stats.unconfirmed
+        self._rearm()
+
+    def _apply(self, eff: Effect) -> None:
+        if isinstance(eff, (SendTo, Probe)):
+            self._send(eff)
+        elif isinstance(eff, RunCheck):
+            kind = self.registry.get(eff.kind)
+            if kind.inline:
+                # Trivially cheap kinds: a thread hop would cost more than the check.
+                self._core.on_check(eff.check_id, run_check(self.registry, eff), trio.current_time())
+            else:
+                self._nursery.start_soon(self._check_in_thread, eff)
+        elif isinstance(eff, Cancel):
+            w = self._wires.pop(eff.wire_id, None)
+            if w is not None:
+                w.link.pending.pop(eff.wire_id, None)
+                if w.link.alive:
+                    self._queue(w.link, wire.encode_cancels([eff.wire_id]))
+        elif isinstance(eff, Resolve):
+            ut = self._tasks.get(eff.task_id)
+            if ut is not None:
+                ut.last_worker = eff.worker
+                self._finish(eff.task_id, eff.output, None)
+        elif isinstance(eff, Reject):
+            self._finish(eff.task_id, None, eff.error)
+        elif isinstance(eff, Penalise):
+            self._on_penalise(eff)
+
+    def _send(self, eff: SendTo | Probe) -> None:
+        link = self._by_peer.get(eff.worker)
+        if isinstance(eff, SendTo):
+            ut = self._tasks.get(eff.task_id)
+            if ut is None:
+                return
+            ut.last_worker = eff.worker
+            payload, enc, pdig, idig = ut.payload, ut.enc, ut.params_digest, ut.input_digest
+            if eff.role is Role.REPLACEMENT:
+                self.stats.resubmitted += 1
+            elif eff.role is not Role.PRIMARY:
+                self.stats.duplicates += 1
+            task_id: bytes | None = eff.task_id
+        else:
+            payload, enc = wire.compress_payload(eff.data)
+            pdig, idig = wire.params_digest(eff.params), wire.digest(eff.data)
+            self.stats.probes += 1
+            task_id = None
+        if link is None or not link.alive:
+            self._core.on_failure(
+                eff.wire_id, eff.worker, UnavailableError("worker link is down"), trio.current_time()
+            )
             return
-        pending.attempts += 1
-        pending.link = link
-        link.pending[pending.handle.task_id] = pending
-        budget_ms = max(1, int((pending.deadline - trio.current_time()) * 1000))
-        rec = pending.record
-        record = wire.TaskRecord(rec.task_id, rec.kind, rec.params, rec.data, rec.enc, budget_ms)
-        try:
-            # Queue without yielding when there is room, so tasks submitted together
-            # reach the writer together and travel in one frame.
+        w = _Wire(eff.wire_id, link, eff.kind, eff.params, payload, enc, pdig, idig, eff.deadline, task_id)
+        self._wires[eff.wire_id] = w
+        link.pending[eff.wire_id] = w
+        self._queue(link, w)
+
+    def _queue(self, link: _WorkerLink, item: _Wire | bytes) -> None:
+        if not link.overflow:
             try:
-                link.send.send_nowait(record)
+                # Queue without yielding when there is room, so tasks submitted together
+                # reach the writer together and travel in one frame.
+                link.send.send_nowait(item)
+                return
             except trio.WouldBlock:
-                await link.send.send(record)
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the link is dying; its failover fails this copy
+            link.flushed = trio.Event()
+            self._nursery.start_soon(self._flush, link)
+        link.overflow.append(item)
+
+    async def _flush(self, link: _WorkerLink) -> None:
+        try:
+            while link.overflow:
+                await link.send.send(link.overflow[0])
+                link.overflow.popleft()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The link died while we waited to queue; unless its failover already took
-            # this task (and placed it elsewhere), resubmit it here.
-            if link.pending.pop(pending.handle.task_id, None) is not None:
-                await self._retry(pending, link, "worker connection closed")
+            link.overflow.clear()  # the link died: its copies are failed over by _run_link
+        finally:
+            link.flushed.set()
+
+    async def _wait_room(self) -> None:
+        for link in list(self._links):
+            if link.overflow:
+                await link.flushed.wait()
+
+    async def _check_in_thread(self, eff: RunCheck) -> None:
+        async with self._check_limiter:
+            ok = await trio.to_thread.run_sync(run_check, self.registry, eff)
+        self._core.on_check(eff.check_id, ok, trio.current_time())
+        self._drain()
+
+    def _maybe_anchor(self, kind: str, params: dict[str, Any], data: bytes) -> None:
+        """Compute a few tasks of each kind here: the known answers trust is anchored on."""
+        n = self._core.config.anchors_per_kind
+        if n <= 0:
+            return
+        have = self._core.known_kinds().get(kind, 0) + self._anchoring.get(kind, 0)
+        if have >= n:
+            return
+        try:
+            spec = self.registry.get(kind)
+            norm = spec.validate_params(params, len(data))
+        except ValidationError:
+            return
+        if not self._core.cheap_to_rerun(kind, norm, len(data)):
+            return
+        self._anchoring[kind] = self._anchoring.get(kind, 0) + 1
+
+        async def anchor() -> None:
+            try:
+                if spec.inline:
+                    out = spec.execute(norm, data)
+                else:
+                    async with self._check_limiter:
+                        out = await trio.to_thread.run_sync(spec.execute, norm, data)
+                self._core.add_known_answer(kind, params, data, out, trio.current_time())
+            except Exception as exc:  # the input may be invalid, or the kernel broken: no anchor
+                log.debug("anchor for %s not computed: %r", kind, exc)
+            finally:
+                self._anchoring[kind] -= 1
+
+        self._nursery.start_soon(anchor)
+
+    def _on_penalise(self, eff: Penalise) -> None:
+        if eff.banned:
+            self.stats.bans += 1
+            log.warning("banned worker %s: %s", peer_id_to_str(eff.worker), eff.reason)
+        self.metrics.verification.labels(f"penalise_{eff.reason.split(':')[0]}").inc()
+        for hook in self._penalise_hooks:
+            try:
+                hook(eff)
+            except Exception:  # a hook must never break result delivery
+                log.exception("penalise hook failed")
+        ev = eff.evidence
+        if ev is None:
+            return
+        if self.identity is not None:
+            ev = ev.signed_by(self.identity.peer_id_bytes, self.identity.sign)
+        self._evidence.append(ev)
+        if self._bus is not None:
+            self._bus.publish(ev, self)
+        self._nursery.start_soon(self._share_evidence, [ev], list(self._links))
+
+    async def _share_evidence(self, evs: list[Evidence], links: list[_WorkerLink]) -> None:
+        """Hand evidence to worker nodes (best effort, one at a time)."""
+        for ev in evs:
+            for link in links:
+                if not link.alive or link.peer == ev.accused:
+                    continue
+                try:
+                    ok, code = await send_evidence(self.host, link.peer, ev)
+                    if ok:
+                        self.stats.evidence_shared += 1
+                    else:
+                        log.info("worker %s refused evidence: %s", link.name, code)
+                except P2C2RError as exc:
+                    log.debug("could not share evidence with %s: %s", link.name, exc)
 
     # ------------------------------------------------------------------ completion
 
-    def _finish(self, pending: _Pending, output: bytes | None, error: P2C2RError | None) -> None:
-        tid = pending.handle.task_id
-        if self._pending.pop(tid, None) is None:
+    def _finish(self, task_id: bytes, output: bytes | None, error: P2C2RError | None) -> None:
+        ut = self._tasks.pop(task_id, None)
+        if ut is None:
             return
-        if pending.link is not None:
-            pending.link.pending.pop(tid, None)
-            pending.handle.worker = pending.link.peer
+        handle = ut.handle
+        handle.worker = ut.last_worker
         if error is None:
             self.stats.verified += 1
             outcome = "ok"
@@ -419,73 +720,47 @@ class GamerClient:
             if isinstance(error, TaskTimeoutError):
                 self.stats.timeouts += 1
         now = trio.current_time()
-        pending.handle._resolve(output, error, now)
-        latency = now - pending.handle.submitted_at
-        kind = pending.record.kind
-        self.metrics.observe_task(kind, outcome, latency)
+        handle._resolve(output, error, now)
+        latency = now - handle.submitted_at
+        self.metrics.observe_task(ut.kind, outcome, latency)
         if output is not None:
             self.metrics.bytes.labels("in").inc(len(output))
-        worker = pending.link.peer if pending.link is not None else None
         for hook in self._completion_hooks:
             try:
-                hook(kind, worker, latency, outcome)
+                hook(ut.kind, ut.last_worker, latency, outcome)
             except Exception:  # a hook must never break result delivery
                 log.exception("completion hook failed")
 
     def _cancel(self, handle: TaskHandle) -> None:
-        pending = self._pending.get(handle.task_id)
-        if pending is None:
+        if handle.task_id not in self._tasks:
             return
-        link = pending.link
-        self._finish(pending, None, CancelledTaskError("cancelled by the caller"))
-        if link is not None and link.alive:
-            try:
-                link.send.send_nowait(wire.encode_cancels([handle.task_id]))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # best effort: the worker's result will be dropped as late
+        self._finish(handle.task_id, None, CancelledTaskError("cancelled by the caller"))
+        self._core.on_cancel(handle.task_id, trio.current_time())
+        self._drain()  # best effort: cancel frames go out; a late result is dropped
 
     def _fail_all(self, error: P2C2RError) -> None:
-        for tid in sorted(self._pending):
-            pending = self._pending.get(tid)
-            if pending is not None:
-                self._finish(pending, None, type(error)(str(error)))
+        for tid in sorted(self._tasks):
+            self._finish(tid, None, type(error)(str(error)))
+            self._core.on_cancel(tid, trio.current_time())
+        self._core.poll_effects()
 
-    async def _retry(self, pending: _Pending, failed: _WorkerLink, why: str) -> None:
-        if pending.handle.task_id not in self._pending:
-            return
-        if trio.current_time() >= pending.deadline:
-            self._finish(pending, None, TaskTimeoutError(f"deadline passed ({why})"))
-            return
-        if pending.attempts >= self.config.max_attempts:
-            self._finish(pending, None, UnavailableError(f"gave up after {pending.attempts} attempts: {why}"))
-            return
-        self.stats.resubmitted += 1
-        log.info("resubmitting %s %s after: %s", pending.record.kind, pending.handle.task_id.hex()[:8], why)
-        await self._dispatch(pending, exclude=failed)
+    def _rearm(self) -> None:
+        scope = self._reaper_scope
+        nd = self._core.next_deadline()
+        if scope is not None and nd is not None and nd < scope.deadline:
+            scope.deadline = nd
 
     async def _reap_deadlines(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """One task enforces every deadline (a heap), instead of one timer per task."""
+        """One task drives every timer of the policy (deadlines, hedges, probe expiry)."""
         task_status.started()
         while True:
-            with trio.CancelScope(
-                deadline=self._deadlines[0][0] if self._deadlines else _NO_DEADLINE
-            ) as scope:
+            nd = self._core.next_deadline()
+            with trio.CancelScope(deadline=nd if nd is not None else _NO_DEADLINE) as scope:
                 self._reaper_scope = scope
                 await trio.sleep_forever()
             self._reaper_scope = None
-            now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, _, tid = heapq.heappop(self._deadlines)
-                pending = self._pending.get(tid)
-                if pending is not None and pending.deadline <= now:
-                    where = f" on worker {pending.link.name}" if pending.link else ""
-                    self._finish(
-                        pending,
-                        None,
-                        TaskTimeoutError(
-                            f"{pending.record.kind} task {tid.hex()[:8]} missed its deadline{where}; a late result will be dropped"
-                        ),
-                    )
+            self._core.on_tick(trio.current_time())
+            self._drain()
 
     # ------------------------------------------------------------------ per-worker link
 
@@ -510,29 +785,38 @@ class GamerClient:
         why = reasons[0] if reasons else "connection closed"
         link.alive = False
         link.send.close()
+        if self._by_peer.get(link.peer) is link:
+            del self._by_peer[link.peer]
         log.info("lost worker %s: %s", link.name, why)
-        for tid in sorted(link.pending):
-            # A dispatch blocked on this link's queue may have taken its task back meanwhile.
-            pending = link.pending.pop(tid, None)
-            if pending is not None:
-                await self._retry(pending, link, why)
+        for wid in sorted(link.pending):
+            self._wires.pop(wid, None)
+        link.pending.clear()
+        # The policy fails this worker's copies and places replacements elsewhere.
+        self._core.on_worker_down(link.peer, trio.current_time())
+        self._drain()
 
     async def _write_link(self, link: _WorkerLink) -> None:
         async for first in link.recv:
             parts: list[bytes] = []
             batch: list[wire.TaskRecord] = []
             size = 0
-            item: wire.TaskRecord | bytes = first
+            item: _Wire | bytes = first
+            now = trio.current_time()
             while True:
                 if isinstance(item, bytes):
                     parts.append(item)
-                elif item.task_id in self._pending:  # skip tasks cancelled or expired while queued
-                    if batch and size + len(item.data) > self.config.max_batch_bytes:
+                elif item.wire_id in self._wires:  # skip copies cancelled or expired while queued
+                    if batch and size + len(item.payload) > self.config.max_batch_bytes:
                         # Never pile a big task onto a batch: the frame could pass max_frame.
                         await write_chunked(link.stream, wire.encode_tasks(batch))
                         batch, size = [], 0
-                    batch.append(item)
-                    size += len(item.data)
+                    budget_ms = max(1, int((item.deadline - now) * 1000))
+                    batch.append(
+                        wire.TaskRecord(
+                            item.wire_id, item.kind, item.params, item.payload, item.enc, budget_ms
+                        )
+                    )
+                    size += len(item.payload)
                 if size >= self.config.max_batch_bytes or len(batch) >= self.config.max_batch_tasks:
                     break
                 try:
@@ -555,24 +839,23 @@ class GamerClient:
                 if frame.type == "R":
                     for rec in frame.results:
                         await self._on_result(link, rec)
+                    self._drain()
                 elif frame.type == "E" and frame.error is not None:
                     log.warning("worker %s reported a protocol error: %s: %s", link.name, *frame.error)
                 else:
                     raise ProtocolError(f"unexpected {frame.type!r} frame from a worker")
 
     async def _on_result(self, link: _WorkerLink, rec: wire.ResultRecord | wire.ErrorRecord) -> None:
-        pending = link.pending.get(rec.task_id)
-        if pending is None:
-            # Late (deadline passed, cancelled) or never ours: drop it, never resolve twice.
+        w = link.pending.get(rec.task_id)
+        if w is None:
+            # Late (deadline passed, cancelled, already confirmed) or never ours: drop it.
             self.stats.late_dropped += 1
             return
+        core = self._core
         if isinstance(rec, wire.ErrorRecord):
+            self._forget(w)
             err = error_from_wire(rec.code, f"worker {link.name}: {rec.message}")
-            if isinstance(err, RejectedError):
-                link.pending.pop(rec.task_id, None)
-                await self._retry(pending, link, rec.message)
-            else:
-                self._finish(pending, None, err)
+            core.on_failure(w.wire_id, link.peer, err, trio.current_time())
             return
         try:
             if len(rec.output) > self.config.offload_hash_bytes:
@@ -580,23 +863,30 @@ class GamerClient:
             else:
                 output, out_digest = self._open_output(rec)
             d = receipt_digest(
-                pending.handle.task_id,
-                pending.record.kind,
-                pending.params_digest,
-                pending.input_digest,
-                out_digest,
-                link.peer,
-                rec.ts_ms,
+                w.wire_id, w.kind, w.params_digest, w.input_digest, out_digest, link.peer, rec.ts_ms
             )
             verify_receipt(link.peer, d, rec.signature)
         except (VerificationError, ProtocolError) as exc:
             self.stats.verification_failures += 1
             self.metrics.verification.labels("bad_signature_or_binding").inc()
             log.warning("rejected a result from worker %s: %s", link.name, exc)
-            self._finish(pending, None, VerificationError(f"result from worker {link.name} rejected: {exc}"))
+            if self._wires.get(w.wire_id) is w:
+                self._forget(w)
+                err = VerificationError(f"result from worker {link.name} rejected: {exc}")
+                core.on_failure(w.wire_id, link.peer, err, trio.current_time())
+            return
+        if self._wires.get(w.wire_id) is not w:
+            self.stats.late_dropped += 1  # finished while the output was being hashed
             return
         self.metrics.verification.labels("signature_ok").inc()
-        self._finish(pending, output, None)
+        self._forget(w)
+        core.on_result(
+            w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=rec.signature
+        )
+
+    def _forget(self, w: _Wire) -> None:
+        self._wires.pop(w.wire_id, None)
+        w.link.pending.pop(w.wire_id, None)
 
     def _open_output(self, rec: wire.ResultRecord) -> tuple[bytes, bytes]:
         output = wire.decompress_payload(rec.output, rec.enc, self.config.max_frame)

@@ -464,10 +464,20 @@ class Reputation:
         rec.score *= 1.0 - self.config.soft_loss
         return rec.score
 
-    def ban(self, peer: bytes, now: float, evidence: Evidence | None = None) -> float:
-        """Ban ``peer`` (doubling per offence); returns when the ban ends."""
+    def ban(
+        self, peer: bytes, now: float, evidence: Evidence | None = None, *, duration_s: float | None = None
+    ) -> float:
+        """Ban ``peer`` (doubling per offence); returns when the ban ends.
+
+        ``duration_s`` replaces the doubling schedule for a lighter local ban (e.g. an
+        unresponsive peer); it does not count as an offence.
+        """
         c = self.config
         rec = self._get(peer, now)
+        if duration_s is not None:
+            rec.score = 0.0
+            rec.banned_until = max(rec.banned_until, now + duration_s)
+            return rec.banned_until
         if evidence is not None:
             rec.evidence = [*rec.evidence, evidence][-c.max_evidence_per_peer :]
         if rec.banned_until > now and evidence is not None and rec.offences > 0:
@@ -492,13 +502,24 @@ class Reputation:
         ``InvalidEvidenceError`` for evidence that proves nothing (the caller may then
         distrust whoever sent it).
         """
+        if not self.first_sight(evidence):
+            return None
+        return self.apply_evidence(evidence, verify_evidence(evidence, registry, recompute), now)
+
+    def first_sight(self, evidence: Evidence) -> bool:
+        """Remember ``evidence``; False when it was seen before (verify it only once)."""
         key = evidence_digest(evidence)
         if key in self._seen:
-            return None
+            return False
         self._seen[key] = None
         while len(self._seen) > self.config.max_seen_evidence:
             self._seen.popitem(last=False)
-        proof = verify_evidence(evidence, registry, recompute)
+        return True
+
+    def apply_evidence(self, evidence: Evidence, proof: Proof, now: float) -> Proof | None:
+        """Act on evidence already verified (``verify_evidence`` gave ``proof``), e.g. in
+        a worker thread: ban the accused, or only cut its score for a CONFLICT whose
+        reference signer is not trusted enough. Returns the proof when it banned."""
         if proof is Proof.CONFLICT:
             ref = evidence.reference
             assert ref is not None

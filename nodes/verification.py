@@ -22,6 +22,24 @@ correctly signed result is also a *right* one, using, per the cheating maths in
 4. **Low initial trust and bans** (``nodes.reputation``): a new key has trust 0, so its
    tasks are all duplicated and probed at ``probe_max``; trust grows only with
    independently verified results and decays back in virtual time.
+5. **Disputes settled by a local re-run.** When two answer groups disagree and the kind
+   is cheap enough (``recompute_max_cost``), the gamer re-runs the kernel itself
+   (``RunCheck.recompute``): the wrong side is banned with evidence any node can check
+   by re-running it too (``Proof.RECOMPUTED``), whatever anyone's trust. Costlier kinds
+   fall back to a tie-break vote.
+6. **Unresponsive workers are hedged, then banned locally.** A copy not answered by its
+   hedge time (``hedge_factor`` x the kind's recent latency, at least ``hedge_min_s``,
+   at most ``hedge_max_fraction`` of the budget) is a strike and the task gets a
+   replacement copy elsewhere; ``strikes_to_ban`` strikes in a row ban the worker
+   locally (no transferable proof, so no evidence). Only when another worker exists:
+   a lone slow worker is never punished for being the only one.
+7. **Bad signatures ban locally.** A result whose signature fails on a stream the Noise
+   handshake authenticated can only come from that peer: it is banned at once (no
+   evidence: an invalid signature proves nothing to a third party).
+
+With a single worker (or when every other worker is gone) a task that wanted a second
+opinion resolves on its self-check alone when ``allow_unconfirmed``; ``stats.unconfirmed``
+counts these lower-assurance results.
 
 Inputs (all take ``now``, seconds on the shell's clock; deadlines use the same base)::
 
@@ -45,6 +63,8 @@ States of a user task::
 
     PLACED --answers/checks--> (group of `need` equivalent, self-checked answers) RESOLVED
     PLACED --disagreement--> TIEBREAK (one more copy per missing vote, up to max_sends)
+    PLACED/TIEBREAK --two groups, cheap kind--> DISPUTE (local re-run of each side)
+    DISPUTE --a side matches the re-run--> RESOLVED (other sides banned with evidence)
     PLACED/TIEBREAK --deadline, no answer--> REJECTED(TaskTimeoutError)
     PLACED/TIEBREAK --deadline, answers unconfirmed--> REJECTED(VerificationTimeoutError)
     PLACED/TIEBREAK --no worker or send left--> REJECTED(VerificationIncompleteError or the error)
@@ -55,8 +75,10 @@ Invariants:
 
 * Every submitted task ends with exactly one ``Resolve`` or ``Reject``; nothing is
   resolved twice and anything arriving for a finished task is dropped (``stats.late``).
-* A resolved output passed its kind's self-check, and when ``need == 2`` an equivalent
-  output came from a second, distinct worker.
+* A resolved output passed its kind's self-check (unless ``self_check`` is off), and
+  either an equivalent output came from a second, distinct worker, or it matched a local
+  re-run, or ``need == 1`` (drawn, or degraded for want of any other worker).
+* No answer from a banned worker is ever resolved, even one that arrived before the ban.
 * Copies of one task always go to distinct workers; banned workers get no new copies
   and their answers are ignored.
 * At most ``max_sends`` copies per task; none is started with less than
@@ -70,9 +92,10 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +114,7 @@ __all__ = [
     "Cancel",
     "Effect",
     "Penalise",
+    "Placer",
     "Probe",
     "Reject",
     "Resolve",
@@ -124,6 +148,8 @@ class Role(enum.Enum):
     PRIMARY = "primary"
     DUPLICATE = "duplicate"
     TIEBREAK = "tiebreak"
+    #: A copy replacing one that failed, was lost, or did not answer by its hedge time.
+    REPLACEMENT = "replacement"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +196,8 @@ class Probe:
 class RunCheck:
     """Run ``self_check(params, data, output)`` (``reference is None``) or
     ``equivalent(params, output, reference)`` off the event loop; report via ``on_check``.
-    ``params`` are normalised by the registry."""
+    With ``recompute``: run the kernel on ``data`` and report whether ``output`` is
+    equivalent to what it gives. ``params`` are normalised by the registry."""
 
     check_id: int
     kind: str
@@ -178,6 +205,7 @@ class RunCheck:
     data: bytes
     output: bytes
     reference: bytes | None
+    recompute: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +283,67 @@ class VerificationConfig:
     #: Inputs/outputs up to this size are embedded in evidence.
     evidence_max_blob: int = 1024 * 1024
     max_pending: int = 100_000
+    #: Run the kind's self-check on every result (off only for raw-transport benchmarks).
+    self_check: bool = True
+    #: With no other worker to ask at all, resolve on the self-check alone (counted in
+    #: ``stats.unconfirmed``) instead of failing with ``VerificationIncompleteError``.
+    allow_unconfirmed: bool = True
+    #: Copies of one task that may fail (error reply, lost link, bad signature) before
+    #: the task is given up with the last error (the SDK sets it from ``max_attempts``).
+    max_failures: int = 3
+    #: Settle disagreements by re-running the kernel locally when its cost estimate is at
+    #: most this many work units (~ms of one core) and the input at most this many bytes.
+    recompute_max_cost: float = 250.0
+    recompute_max_bytes: int = 1024 * 1024
+    #: Hedging: a copy not answered within max(hedge_min_s, hedge_factor * recent latency
+    #: of the kind), capped at hedge_max_fraction of its budget, is a strike and gets a
+    #: replacement elsewhere. Budgets too short for hedge_min_s are never hedged.
+    hedge: bool = True
+    hedge_factor: float = 4.0
+    hedge_min_s: float = 0.5
+    hedge_max_fraction: float = 0.5
+    #: Every task whose primary has fewer than this many independently verified results
+    #: is duplicated, whatever its score: trust must be earned on confirmed work before
+    #: any result of a worker is taken on its word (sleepers get no early shortcut).
+    dup_until_verified: int = 30
+    #: Local bans for unresponsiveness (no proof anyone else could check) last this long.
+    unresponsive_ban_s: float = 300.0
+    #: Strikes in a row (hedged copies, probes unanswered) that ban a worker locally;
+    #: an answer in time clears them. 0: never. Strikes closer together than
+    #: ``strike_interval_s`` count once, so a worker that is silent for a moment (a cold
+    #: start, a GC pause) with many copies queued is not banned for one stall; only
+    #: silence sustained over about ``strikes_to_ban * strike_interval_s`` is.
+    strikes_to_ban: int = 5
+    strike_interval_s: float = 0.5
+    #: Known-answer probes sent to each worker as it joins (when answers are known).
+    join_probes: int = 1
+    join_probe_budget_s: float = 10.0
+    #: The shell computes this many tasks of each kind itself (cost at most
+    #: ``recompute_max_cost``) as the known answers that trust is anchored on.
+    anchors_per_kind: int = 2
+
+    @classmethod
+    def off(cls) -> VerificationConfig:
+        """No checks at all beyond the signature (raw-transport benchmarks): every task
+        goes to one worker and its signed output is resolved as is."""
+        return cls(
+            dup_floor=0.0,
+            dup_max=0.0,
+            dup_until_verified=0,
+            probe_floor=0.0,
+            probe_max=0.0,
+            known_answers=0,
+            self_check=False,
+            recompute_max_cost=-1.0,
+            hedge=False,
+            strikes_to_ban=0,
+            join_probes=0,
+            anchors_per_kind=0,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.self_check or self.dup_max > 0 or self.probe_max > 0
 
     def p_dup(self, trust: float) -> float:
         t = min(1.0, max(0.0, trust))
@@ -282,6 +371,9 @@ class VerificationStats:
     unconfirmed: int = 0
     bans: int = 0
     late: int = 0
+    recomputes: int = 0
+    strikes: int = 0
+    hedges: int = 0
 
 
 # --------------------------------------------------------------------------- internals
@@ -305,9 +397,14 @@ class _Copy:
     worker: bytes
     deadline: float
     role: Role | None  # None: a probe
+    sent_at: float = 0.0
+    hedge_at: float = math.inf
     task: _Task | None = None
     known: _Known | None = None
     live: bool = True
+    #: Counted in its worker's in-flight load (placement weight); a hedged copy is
+    #: presumed lost and stops counting, so a silent worker keeps being tried (and struck).
+    counted: bool = True
 
 
 @dataclass(eq=False)
@@ -317,6 +414,8 @@ class _Answer:
     digest: bytes
     signed: SignedResult
     self_ok: bool | None = None
+    #: Verdict of a local re-run on this answer (a group representative), once asked.
+    recomputed: bool | None = None
 
 
 @dataclass(eq=False)
@@ -330,8 +429,12 @@ class _Task:
     queue: deque[_Answer] = field(default_factory=deque)
     comparing: tuple[_Answer, int] | None = None
     checks: int = 0
+    recomputing: int = 0
     invalid_from: set[bytes] = field(default_factory=set)
     last_error: P2C2RError | None = None
+    failures: int = 0
+    #: Copies that failed or were hedged and still owe a replacement.
+    owed: int = 0
     done: bool = False
 
     def in_flight(self) -> int:
@@ -345,9 +448,13 @@ class _Task:
 
 @dataclass(eq=False)
 class _Check:
-    purpose: str  # "self" | "compare" | "probe"
+    purpose: str  # "self" | "compare" | "probe" | "recompute"
     answer: _Answer
     task: _Task | None
+
+
+#: ``placer(kind, [(worker, copies in flight), ...]) -> worker or None`` (see ``placer``).
+Placer = Callable[[str, list[tuple[bytes, int]]], bytes | None]
 
 
 class VerificationCore:
@@ -365,17 +472,24 @@ class VerificationCore:
         self.rng = rng
         self.config = config
         self.stats = VerificationStats()
+        #: Optional outside placement of primaries (the control plane's leases): called
+        #: with the eligible (unbanned) workers; a worker it returns is used as primary.
+        self.placer: Placer | None = None
         self._workers: set[bytes] = set()
         self._inflight: dict[bytes, int] = {}
         self._tasks: dict[bytes, _Task] = {}
         self._copies: dict[bytes, _Copy] = {}
         self._checks: dict[int, _Check] = {}
         self._check_ids = itertools.count(1)
-        #: (deadline, seq, is_probe, key): key is a user task id, or a probe's wire id.
-        self._deadlines: list[tuple[float, int, bool, bytes]] = []
+        #: (when, seq, tag, key): tag "task" (key: user task id), "probe" or "hedge"
+        #: (key: wire id).
+        self._deadlines: list[tuple[float, int, str, bytes]] = []
         self._seq = itertools.count()
         self._known: OrderedDict[tuple[str, bytes, bytes], _Known] = OrderedDict()
         self._known_bytes = 0
+        self._latency: dict[str, float] = {}
+        self._strikes: dict[bytes, int] = {}
+        self._last_strike: dict[bytes, float] = {}
         self._effects: list[Effect] = []
 
     # ------------------------------------------------------------------ queries
@@ -386,9 +500,14 @@ class VerificationCore:
 
     def next_deadline(self) -> float | None:
         while self._deadlines:
-            when, _, is_probe, key = self._deadlines[0]
-            if (key in self._copies) if is_probe else (key in self._tasks):
-                return when
+            when, _, tag, key = self._deadlines[0]
+            if tag == "task":
+                if key in self._tasks:
+                    return when
+            else:
+                copy = self._copies.get(key)
+                if copy is not None and copy.live:
+                    return when
             heapq.heappop(self._deadlines)
         return None
 
@@ -398,16 +517,38 @@ class VerificationCore:
     def known_answers(self) -> int:
         return len(self._known)
 
+    def known_kinds(self) -> dict[str, int]:
+        """Known answers held per kind."""
+        out: dict[str, int] = {}
+        for k in self._known.values():
+            out[k.kind] = out.get(k.kind, 0) + 1
+        return out
+
+    def workers(self) -> list[bytes]:
+        return sorted(self._workers)
+
     # ------------------------------------------------------------------ workers
 
     def on_worker_up(self, worker: bytes, now: float) -> None:
+        new = worker not in self._workers
         self._workers.add(worker)
         self._inflight.setdefault(worker, 0)
+        if new and not self.reputation.is_banned(worker, now):
+            for _ in range(self.config.join_probes):
+                self._probe(worker, None, now + self.config.join_probe_budget_s, now)
 
     def on_worker_down(self, worker: bytes, now: float) -> None:
         """Forget ``worker``; its copies fail here (the shell need not report them)."""
         self._workers.discard(worker)
+        self._strikes.pop(worker, None)
         self._fail_worker(worker, UnavailableError("worker went away"), now)
+
+    def ban(self, worker: bytes, now: float, reason: str, evidence: Evidence | None = None) -> None:
+        """Ban ``worker`` on outside information (e.g. gossiped evidence the shell verified)."""
+        self.reputation.ban(worker, now, evidence)
+        self.stats.bans += 1
+        self._emit(Penalise(worker, reason, None, True))
+        self._after_ban(worker, now)
 
     # ------------------------------------------------------------------ tasks
 
@@ -428,23 +569,27 @@ class VerificationCore:
         if task.deadline <= now:
             self._reject_new(task, TaskTimeoutError("deadline already passed"))
             return
-        primary = self._pick_primary(now)
+        primary = self._pick_primary(task.kind, now)
         if primary is None:
             self._reject_new(task, UnavailableError("no worker is available"))
             return
         trust = self.reputation.trust(primary, now)
         need = 2 if self.rng.random() < c.p_dup(trust) else 1
+        rec = self.reputation.record(primary)
+        if (rec.verified if rec is not None else 0) < c.dup_until_verified:
+            need = 2
         t = _Task(task, norm, need)
         self._tasks[task.task_id] = t
-        heapq.heappush(self._deadlines, (task.deadline, next(self._seq), False, task.task_id))
-        self._send(t, primary, Role.PRIMARY)
+        heapq.heappush(self._deadlines, (task.deadline, next(self._seq), "task", task.task_id))
+        self._send(t, primary, Role.PRIMARY, now)
         if need == 2:
             partner = self._pick_partner(t, now)
             if partner is None:
-                t.need = 1
-                self.stats.unconfirmed += 1
+                if c.allow_unconfirmed:
+                    t.need = 1
+                    self.stats.unconfirmed += 1
             else:
-                self._send(t, partner, Role.DUPLICATE)
+                self._send(t, partner, Role.DUPLICATE, now)
         if self.rng.random() < c.p_probe(trust):
             self._probe(primary, task.kind, task.deadline, now)
 
@@ -467,6 +612,7 @@ class VerificationCore:
         if self.reputation.is_banned(worker, now):
             self._copy_failed(copy, VerificationError("worker is banned"), now)
             return
+        self._observe_latency(copy, now)
         digest = wire.digest(output)
         signed = SignedResult(wire_id, worker, digest, ts_ms, signature, output)
         answer = _Answer(copy, output, digest, signed)
@@ -480,18 +626,32 @@ class VerificationCore:
         t = copy.task
         assert t is not None
         t.answers.append(answer)
+        if not self.config.self_check:
+            answer.self_ok = True
+            t.queue.append(answer)
+            self._advance(t, now)
+            return
         self._run_check("self", answer, t, t.task.kind, t.norm, t.task.data, None)
 
     def on_failure(self, wire_id: bytes, worker: bytes, error: P2C2RError, now: float) -> None:
-        """A copy ended without a usable result (error reply, lost link, bad signature)."""
+        """A copy ended without a usable result (error reply, lost link, bad signature).
+
+        A ``VerificationError`` here means a bad signature on a stream the handshake
+        authenticated as ``worker``: only that peer could have sent it, so it is banned
+        locally (without evidence: a bad signature proves nothing to anyone else).
+        """
         copy = self._copies.get(wire_id)
         if copy is None or copy.worker != worker or not copy.live:
             self.stats.late += 1
             return
         self._retire(copy)
         if isinstance(error, VerificationError):
-            self.reputation.record_fault(worker, now)
-            self._emit(Penalise(worker, "bad_signature", None, False))
+            self.reputation.ban(worker, now)
+            self.stats.bans += 1
+            self._emit(Penalise(worker, "bad_signature", None, True))
+            self._copy_failed(copy, error, now)
+            self._after_ban(worker, now)
+            return
         self._copy_failed(copy, error, now)
 
     def on_check(self, check_id: int, ok: bool, now: float) -> None:
@@ -508,12 +668,26 @@ class VerificationCore:
             return
         if chk.purpose == "self":
             a.self_ok = ok
-            if not ok:
+            if a not in t.answers:
+                pass  # its worker was banned meanwhile; the answer is already forgotten
+            elif not ok:
                 self.stats.self_check_failures += 1
                 t.answers.remove(a)
                 self._catch(a, t.task, t.norm, "self_check", None, now)
             else:
                 t.queue.append(a)
+        elif chk.purpose == "recompute":
+            t.recomputing -= 1
+            a.recomputed = ok
+            group = next((g for g in t.groups if a in g), None)
+            if ok and group is not None:
+                self._accept(t, group, now, proven=True)
+                return
+            if group is not None:
+                t.groups.remove(group)
+                ref = next((g[0].signed for g in t.groups if g[0].recomputed), None)
+                for bad in group:
+                    self._catch(bad, t.task, t.norm, "recomputed", ref, now)
         else:
             assert t.comparing is not None
             cand, idx = t.comparing
@@ -522,7 +696,8 @@ class VerificationCore:
                 t.groups[idx].append(cand)
             else:
                 self._group_from(t, cand, idx + 1)
-        self._advance(t, now)
+        if not t.done:
+            self._advance(t, now)
 
     def on_cancel(self, task_id: bytes, now: float) -> None:
         t = self._tasks.get(task_id)
@@ -531,8 +706,13 @@ class VerificationCore:
 
     def on_tick(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, is_probe, key = heapq.heappop(self._deadlines)
-            if is_probe:
+            _, _, tag, key = heapq.heappop(self._deadlines)
+            if tag == "hedge":
+                copy = self._copies.get(key)
+                if copy is not None and copy.live:
+                    self._hedge(copy, now)
+                continue
+            if tag == "probe":
                 copy = self._copies.get(key)
                 if copy is not None and copy.live:
                     self.stats.probe_timeouts += 1
@@ -589,11 +769,15 @@ class VerificationCore:
         rep = self.reputation
         return [w for w in sorted(self._workers) if w not in exclude and not rep.is_banned(w, now)]
 
-    def _pick_primary(self, now: float) -> bytes | None:
+    def _pick_primary(self, kind: str, now: float) -> bytes | None:
         c = self.config
         cands = self._eligible(now, set())
         if not cands:
             return None
+        if self.placer is not None:
+            chosen = self.placer(kind, [(w, self._inflight.get(w, 0)) for w in cands])
+            if chosen in cands:
+                return chosen
         weights = [
             (c.primary_trust_floor + self.reputation.trust(w, now)) / (1 + self._inflight.get(w, 0))
             for w in cands
@@ -618,34 +802,96 @@ class VerificationCore:
             if wid not in self._copies and wid not in self._tasks:
                 return wid
 
-    def _send(self, t: _Task, worker: bytes, role: Role) -> None:
+    def _hedge_time(self, kind: str, now: float, deadline: float) -> float:
+        c = self.config
+        if not c.hedge:
+            return math.inf
+        est = self._latency.get(kind)
+        delay = max(c.hedge_min_s, c.hedge_factor * est) if est is not None else c.hedge_min_s
+        cap = c.hedge_max_fraction * (deadline - now)
+        if cap < c.hedge_min_s:
+            return math.inf
+        return now + min(delay, cap)
+
+    def _track(self, copy: _Copy, now: float) -> None:
+        self._copies[copy.wire_id] = copy
+        self._inflight[copy.worker] = self._inflight.get(copy.worker, 0) + 1
+        copy.sent_at = now
+        kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
+        copy.hedge_at = self._hedge_time(kind, now, copy.deadline)
+        if copy.hedge_at < math.inf:
+            heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
+
+    def _send(self, t: _Task, worker: bytes, role: Role, now: float) -> None:
         wid = self._new_wire_id()
         copy = _Copy(wid, worker, t.task.deadline, role, task=t)
         t.copies.append(copy)
-        self._copies[wid] = copy
-        self._inflight[worker] = self._inflight.get(worker, 0) + 1
+        self._track(copy, now)
         self.stats.sends[role.value] += 1
         tk = t.task
         self._emit(SendTo(worker, wid, tk.kind, tk.params, tk.data, tk.deadline, role, tk.task_id))
 
-    def _probe(self, worker: bytes, kind: str, deadline: float, now: float) -> None:
-        same = [k for k in self._known.values() if k.kind == kind]
+    def _probe(self, worker: bytes, kind: str | None, deadline: float, now: float) -> None:
+        same = [k for k in self._known.values() if kind is None or k.kind == kind]
         pool = [k for k in same if worker not in k.workers] or same
         if not pool:
             return
         known = pool[self.rng.randrange(len(pool))]
         wid = self._new_wire_id()
         copy = _Copy(wid, worker, deadline, None, known=known)
-        self._copies[wid] = copy
-        self._inflight[worker] = self._inflight.get(worker, 0) + 1
-        heapq.heappush(self._deadlines, (deadline, next(self._seq), True, wid))
+        self._track(copy, now)
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), "probe", wid))
         self.stats.probes += 1
         self._emit(Probe(worker, wid, known.kind, known.params, known.data, deadline))
 
     def _retire(self, copy: _Copy) -> None:
         if copy.live:
             copy.live = False
+            self._uncount(copy)
+
+    def _uncount(self, copy: _Copy) -> None:
+        if copy.counted:
+            copy.counted = False
             self._inflight[copy.worker] = max(0, self._inflight.get(copy.worker, 0) - 1)
+
+    # ------------------------------------------------------------------ latency, hedging, strikes
+
+    def _observe_latency(self, copy: _Copy, now: float) -> None:
+        kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
+        # Capped at the hedge delay, so slow workers cannot drag the estimate (and with
+        # it the point where they get hedged) up without bound.
+        lat = max(0.0, now - copy.sent_at)
+        if copy.hedge_at < math.inf:
+            lat = min(lat, copy.hedge_at - copy.sent_at)
+        old = self._latency.get(kind)
+        self._latency[kind] = lat if old is None else 0.8 * old + 0.2 * lat
+        if now <= copy.hedge_at:
+            self._strikes.pop(copy.worker, None)
+            self._last_strike.pop(copy.worker, None)
+
+    def _hedge(self, copy: _Copy, now: float) -> None:
+        """``copy`` is still unanswered at its hedge time."""
+        others = self._eligible(now, {copy.worker})
+        if not others:
+            return  # the only worker: waiting is all there is
+        self._uncount(copy)
+        strikes = self._strikes.get(copy.worker, 0)
+        last = self._last_strike.get(copy.worker)
+        if last is None or now - last >= self.config.strike_interval_s:
+            self.stats.strikes += 1
+            self.reputation.record_fault(copy.worker, now)
+            strikes = self._strikes[copy.worker] = strikes + 1
+            self._last_strike[copy.worker] = now
+        t = copy.task
+        if t is not None and not t.done:
+            t.owed += 1
+            self.stats.hedges += 1
+            self._advance(t, now)
+        if 0 < self.config.strikes_to_ban <= strikes and not self.reputation.is_banned(copy.worker, now):
+            self.reputation.ban(copy.worker, now, duration_s=self.config.unresponsive_ban_s)
+            self.stats.bans += 1
+            self._emit(Penalise(copy.worker, "unresponsive", None, True))
+            self._after_ban(copy.worker, now)
 
     # ------------------------------------------------------------------ checking
 
@@ -658,12 +904,13 @@ class VerificationCore:
         norm: dict[str, Any],
         data: bytes,
         reference: bytes | None,
+        recompute: bool = False,
     ) -> None:
         cid = next(self._check_ids)
         self._checks[cid] = _Check(purpose, answer, t)
         if t is not None:
             t.checks += 1
-        self._emit(RunCheck(cid, kind, norm, data, answer.output, reference))
+        self._emit(RunCheck(cid, kind, norm, data, answer.output, reference, recompute))
 
     def _probe_verdict(self, a: _Answer, ok: bool, now: float) -> None:
         known = a.copy.known
@@ -689,26 +936,69 @@ class VerificationCore:
             return
         t.groups.append([a])
 
+    def _recomputable(self, t: _Task) -> bool:
+        return self.cheap_to_rerun(t.task.kind, t.norm, len(t.task.data))
+
+    def cheap_to_rerun(self, kind: str, norm: Mapping[str, Any], data_len: int) -> bool:
+        """Whether the gamer may run this task itself (disputes, anchors)."""
+        c = self.config
+        if c.recompute_max_cost < 0 or data_len > c.recompute_max_bytes:
+            return False
+        try:
+            cost = float(self.registry.get(kind).cost(dict(norm), data_len))
+        except Exception:  # an estimate that cannot be made is treated as too expensive
+            return False
+        return math.isfinite(cost) and cost <= c.recompute_max_cost
+
     def _advance(self, t: _Task, now: float) -> None:
+        if t.comparing is None:
+            self._drop_banned(t, now)
         while t.comparing is None and t.queue:
             self._group_from(t, t.queue.popleft(), 0)
         if t.comparing is not None or t.done:
             return
+        if t.recomputing:
+            return
+        if len(t.groups) >= 2 and self._recomputable(t):
+            # A dispute: re-run the kernel here on each side's representative.
+            for g in t.groups:
+                if g[0].recomputed is None:
+                    g[0].recomputed = False  # asked; the verdict overwrites it
+                    t.recomputing += 1
+                    self.stats.recomputes += 1
+                    self._run_check("recompute", g[0], t, t.task.kind, t.norm, t.task.data, None, True)
+            if t.recomputing:
+                return
         best = max(t.groups, key=len, default=[])
         if len(best) >= t.need:
             self._accept(t, best, now)
             return
         missing = t.need - len(best)
         coming = t.in_flight() + t.pending_answers()
+        live_unhedged = sum(1 for cp in t.copies if cp.live and cp.hedge_at > now)
         role = Role.TIEBREAK if len(t.groups) >= 2 else (Role.DUPLICATE if t.groups else Role.PRIMARY)
-        while coming < missing and self._can_send(t, now):
+        want = max(missing - (coming - t.in_flight()) - live_unhedged, 0)
+        # A failed or hedged copy is owed a replacement; hedged copies still count as
+        # coming (they may answer), so they are replaced on top of what is missing.
+        sent = 0
+        while sent < want and self._can_send(t, now):
             worker = self._pick_partner(t, now)
             if worker is None:
                 break
-            self._send(t, worker, role)
-            coming += 1
+            self._send(t, worker, Role.REPLACEMENT if t.owed > 0 else role, now)
+            t.owed = max(0, t.owed - 1)
+            sent += 1
+        coming += sent
         if coming == 0:
-            if t.last_error is not None and not t.groups:
+            if (
+                len(t.groups) == 1
+                and self.config.allow_unconfirmed
+                and not self._eligible(now, {cp.worker for cp in t.copies})
+            ):
+                # Nobody else to ask: resolve on the self-check alone, at lower assurance.
+                self.stats.unconfirmed += 1
+                self._accept(t, best, now)
+            elif t.last_error is not None and not t.groups:
                 self._reject(t, t.last_error)
             else:
                 self._reject(
@@ -719,19 +1009,35 @@ class VerificationCore:
                     ),
                 )
 
-    def _can_send(self, t: _Task, now: float) -> bool:
-        return len(t.copies) < self.config.max_sends and t.task.deadline - now > self.config.min_send_budget_s
+    def _drop_banned(self, t: _Task, now: float) -> None:
+        """Forget answers from workers banned since they answered."""
+        rep = self.reputation
+        if not any(rep.is_banned(a.copy.worker, now) for a in t.answers):
+            return
+        t.answers = [a for a in t.answers if not rep.is_banned(a.copy.worker, now)]
+        t.queue = deque(a for a in t.queue if not rep.is_banned(a.copy.worker, now))
+        groups = [[a for a in g if not rep.is_banned(a.copy.worker, now)] for g in t.groups]
+        t.groups = [g for g in groups if g]
 
-    def _accept(self, t: _Task, best: list[_Answer], now: float) -> None:
+    def _can_send(self, t: _Task, now: float) -> bool:
+        c = self.config
+        return (
+            len(t.copies) < c.max_sends
+            and t.failures < c.max_failures
+            and t.task.deadline - now > c.min_send_budget_s
+        )
+
+    def _accept(self, t: _Task, best: list[_Answer], now: float, proven: bool = False) -> None:
         c = self.config
         winner = best[0]
         trust = {a.copy.worker: self.reputation.trust(a.copy.worker, now) for a in best}
         top = max(trust.values())
-        if len(best) >= 2:
+        if len(best) >= 2 or proven:
             for a in best:
                 others = [v for w, v in trust.items() if w != a.copy.worker]
-                self.reputation.record_verified(a.copy.worker, now, weight=max(others))
-            if top >= c.known_answer_trust:
+                # A local re-run is the strongest confirmation there is: weight 1.
+                self.reputation.record_verified(a.copy.worker, now, weight=1.0 if proven else max(others))
+            if top >= c.known_answer_trust or proven:
                 self.add_known_answer(
                     t.task.kind,
                     t.task.params,
@@ -750,7 +1056,10 @@ class VerificationCore:
             if group is best:
                 continue
             for a in group:
-                if top >= c.ban_trust:
+                if proven:
+                    self.stats.mismatches += 1
+                    self._catch(a, t.task, t.norm, "recomputed", winner.signed, now)
+                elif top >= c.ban_trust:
                     self.stats.mismatches += 1
                     self._catch(a, t.task, t.norm, "mismatch", winner.signed, now)
                 else:
@@ -781,7 +1090,16 @@ class VerificationCore:
         self.reputation.ban(worker, now, ev)
         self.stats.bans += 1
         self._emit(Penalise(worker, reason, ev, True))
+        self._after_ban(worker, now)
+
+    def _after_ban(self, worker: bytes, now: float) -> None:
+        """Fail the banned worker's live copies; drop its answers from pending tasks."""
+        self._strikes.pop(worker, None)
         self._fail_worker(worker, VerificationError("worker was banned"), now)
+        for tid in sorted(self._tasks):
+            t = self._tasks.get(tid)
+            if t is not None and not t.done and any(a.copy.worker == worker for a in t.answers):
+                self._advance(t, now)
 
     # ------------------------------------------------------------------ failures and endings
 
@@ -802,6 +1120,11 @@ class VerificationCore:
         if t.done:
             return
         t.last_error = error
+        t.failures += 1
+        if copy.hedge_at <= now:
+            t.owed = max(0, t.owed - 1)  # its replacement was already sent at the hedge
+        else:
+            t.owed += 1
         if isinstance(error, ValidationError):
             t.invalid_from.add(copy.worker)
             if len(t.invalid_from) >= self.config.validation_quorum:
@@ -840,6 +1163,9 @@ def run_check(registry: Registry, eff: RunCheck) -> bool:
     """Execute a ``RunCheck`` (the shell calls this off the event loop)."""
     kind = registry.get(eff.kind)
     try:
+        if eff.recompute:
+            honest = kind.execute(eff.params, eff.data)
+            return eff.output == honest or bool(kind.equivalent(eff.params, eff.output, honest))
         if eff.reference is None:
             return bool(kind.self_check(eff.params, eff.data, eff.output))
         return eff.output == eff.reference or bool(kind.equivalent(eff.params, eff.output, eff.reference))

@@ -17,6 +17,23 @@ Protocol errors are answered, logged with the peer id, and never take the node d
 The worker never stops reading a stream to apply back-pressure (py-libp2p resets streams
 whose reader stalls for ~5 s, see shared/notes); beyond ``max_queued`` tasks it answers
 ``rejected`` at once, so the gamer can place the work elsewhere.
+
+Limits per peer (a stranger must not be able to starve the others):
+
+- **requests per second**: a token bucket per peer (``rate_per_peer``, ``burst_per_peer``);
+  a task over the limit gets a typed ``rejected`` reply for its id, never a silent drop;
+- **concurrent task streams**: beyond ``max_streams_per_peer`` a new stream gets an ``E``
+  frame (``rejected``) and is reset; the peer's other streams are untouched;
+- **connections**: the host keeps one connection per peer (``max_connections_per_peer=1``
+  in ``mesh.libp2p_host``; one per pair in ``mesh.memory``) and ``max_connections`` overall;
+- **slow senders**: once a frame has started, it must complete within
+  ``frame_timeout_s`` and bytes must keep coming at least every ``idle_timeout_s``;
+  otherwise the stream gets an ``E`` frame (``frame_timeout``) and is reset. An idle
+  stream *between* frames is fine (gamers keep one open).
+
+Evidence against cheating workers arrives on ``/p2c2r/evidence/1.0.0``
+(``nodes.evidence``); it is verified here and kept in ``Worker.reputation``, where a
+coordinator on this node can use it when it picks workers.
 """
 
 from __future__ import annotations
@@ -24,10 +41,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import trio
 
@@ -44,7 +62,10 @@ from mesh.errors import (
 )
 from mesh.identity import Identity, peer_id_to_str
 from mesh.transport import Host, Stream, write_chunked
+from nodes.evidence import PROTOCOL_ID as EVIDENCE_PROTOCOL_ID
+from nodes.evidence import EvidenceService
 from nodes.metrics import NodeMetrics
+from nodes.reputation import Reputation
 from tasks.receipt import receipt_digest
 from tasks.registry import Registry, TaskKind
 
@@ -66,6 +87,60 @@ class WorkerConfig:
     #: Run each kernel once on a small example at start (in the background), so the first
     #: real task does not pay for imports and model loading (torch: ~1.5 s).
     warmup: bool = False
+    #: Tasks per second per peer (token bucket refill) and the bucket's size (burst).
+    rate_per_peer: float = 2000.0
+    burst_per_peer: float = 4096.0
+    #: Task streams one peer may hold open at once.
+    max_streams_per_peer: int = 16
+    #: A frame must complete within this many seconds of its first byte ...
+    frame_timeout_s: float = 30.0
+    #: ... and, mid-frame, bytes must keep arriving at least this often.
+    idle_timeout_s: float = 10.0
+    #: Peers whose rate buckets are remembered (least recently seen forgotten first).
+    max_tracked_peers: int = 10_000
+
+
+class FrameTimeoutError(ProtocolError):
+    """A peer started a frame and did not finish it in time (a slow or stalled sender)."""
+
+    code = "frame_timeout"
+
+
+class TokenBucket:
+    """Sans-IO token bucket: ``rate`` tokens per second up to ``burst``; time is an input."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        if now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+class Behaviour(Protocol):
+    """Test-only misbehaviour of a worker (``nodes.misbehave``); never set in production."""
+
+    def delay(self, task: wire.TaskRecord) -> float | None:
+        """Seconds to hold the reply back; None: never answer."""
+        ...
+
+    def corrupt(self, task: wire.TaskRecord, output: bytes) -> bytes:
+        """The output to sign and send instead of the honest one."""
+        ...
+
+    def after(self, task: wire.TaskRecord, result: wire.ResultRecord) -> wire.ResultRecord:
+        """Rewrite the signed result record (forgery, replay)."""
+        ...
 
 
 @dataclass
@@ -74,6 +149,9 @@ class WorkerStats:
     completed: int = 0
     failed: int = 0
     rejected: int = 0
+    rate_limited: int = 0
+    streams_refused: int = 0
+    slow_senders: int = 0
     protocol_errors: int = 0
     streams: int = 0
     busy_s: float = 0.0
@@ -126,6 +204,13 @@ class Worker:
             self.warm.set()
         #: Test hook: a function that may rewrite (output, signature) before sending.
         self.tamper: Callable[[wire.TaskRecord, bytes, bytes], tuple[bytes, bytes]] | None = None
+        #: Test hook: a misbehaviour (``nodes.misbehave``) for adversarial tests.
+        self.behaviour: Behaviour | None = None
+        #: What this node believes about other workers (bans from verified evidence).
+        self.reputation = Reputation()
+        self.evidence = EvidenceService(registry, self.reputation)
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._streams_per_peer: dict[bytes, int] = {}
 
     @property
     def load(self) -> float:
@@ -138,6 +223,7 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.host.set_stream_handler(wire.PROTOCOL_ID, self.handle_stream)
+                self.host.set_stream_handler(EVIDENCE_PROTOCOL_ID, self.evidence.handle_stream)
                 if self.config.warmup:
                     nursery.start_soon(self._warm_up)
                 task_status.started()
@@ -162,7 +248,47 @@ class Worker:
                 log.exception("warm-up of %s failed", kind.name)
         self.warm.set()
 
+    def _admit(self, peer: bytes, now: float) -> bool:
+        """Take one request token from ``peer``'s bucket."""
+        c = self.config
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = self._buckets[peer] = TokenBucket(c.rate_per_peer, c.burst_per_peer, now)
+            while len(self._buckets) > c.max_tracked_peers:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(peer)
+        return bucket.take(now)
+
     async def handle_stream(self, stream: Stream) -> None:
+        key = stream.remote_peer
+        open_now = self._streams_per_peer.get(key, 0)
+        if open_now >= self.config.max_streams_per_peer:
+            self.stats.streams_refused += 1
+            log.warning("peer %s: over %d task streams; refusing another", peer_id_to_str(key), open_now)
+            try:
+                with trio.move_on_after(1):
+                    await stream.write(
+                        wire.encode_error(
+                            RejectedError.code,
+                            f"too many task streams from one peer (limit {self.config.max_streams_per_peer})",
+                        )
+                    )
+            except ConnectionLostError:
+                pass
+            await stream.reset()
+            return
+        self._streams_per_peer[key] = open_now + 1
+        try:
+            await self._handle_stream(stream)
+        finally:
+            left = self._streams_per_peer.get(key, 1) - 1
+            if left > 0:
+                self._streams_per_peer[key] = left
+            else:
+                self._streams_per_peer.pop(key, None)
+
+    async def _handle_stream(self, stream: Stream) -> None:
         peer = peer_id_to_str(stream.remote_peer)
         self.stats.streams += 1
         send, recv = trio.open_memory_channel[wire.ResultRecord | wire.ErrorRecord | bytes](
@@ -206,11 +332,20 @@ class Worker:
         nursery: trio.Nursery,
         peer: str,
     ) -> None:
-        decoder = wire.FrameDecoder(self.config.max_frame)
+        c = self.config
+        decoder = wire.FrameDecoder(c.max_frame)
+        frame_started: float | None = None
         # Every task on this stream gets its own clone of the send side, so the writer
         # sees end-of-channel only once the reader and all its tasks are done.
         while True:
-            data = await stream.read(self.config.read_chunk)
+            if frame_started is None:
+                data = await stream.read(c.read_chunk)
+            else:
+                now = trio.current_time()
+                with trio.move_on_at(min(frame_started + c.frame_timeout_s, now + c.idle_timeout_s)) as scope:
+                    data = await stream.read(c.read_chunk)
+                if scope.cancelled_caught:
+                    await self._slow_sender(send, peer, trio.current_time() - frame_started, decoder.buffered)
             if not data:
                 return
             try:
@@ -222,6 +357,10 @@ class Worker:
                 await send.send(wire.encode_error(exc.code, str(exc)))
                 await trio.sleep(0.05)  # give the writer a moment to get the error out
                 raise ConnectionLostError(str(exc)) from exc
+            if not decoder.buffered:
+                frame_started = None
+            elif bodies or frame_started is None:
+                frame_started = trio.current_time()  # a new frame began in this chunk
             for body in bodies:
                 try:
                     frame = wire.decode_frame(body, self.config.max_frame)
@@ -234,6 +373,16 @@ class Worker:
                 if frame.type == "T":
                     for task in frame.tasks:
                         self.stats.received += 1
+                        if not self._admit(stream.remote_peer, trio.current_time()):
+                            self.stats.rate_limited += 1
+                            await send.send(
+                                wire.ErrorRecord(
+                                    task.task_id,
+                                    RejectedError.code,
+                                    f"rate limit: over {c.rate_per_peer:g} tasks/s from one peer; slow down",
+                                )
+                            )
+                            continue
                         if self._queued >= self.config.max_queued:
                             self.stats.rejected += 1
                             await send.send(
@@ -256,6 +405,26 @@ class Worker:
                         wire.encode_error(ProtocolError.code, f"unexpected frame type {frame.type!r}")
                     )
 
+    async def _slow_sender(
+        self,
+        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        peer: str,
+        waited: float,
+        buffered: int,
+    ) -> NoReturn:
+        self.stats.slow_senders += 1
+        self.stats.protocol_errors += 1
+        self.metrics.protocol_errors.inc()
+        exc = FrameTimeoutError(
+            f"frame not completed: {buffered} bytes in {waited:.1f} s "
+            f"(limits {self.config.frame_timeout_s:g} s per frame, {self.config.idle_timeout_s:g} s idle)"
+        )
+        log.warning("peer %s: %s; resetting the stream", peer, exc)
+        with trio.move_on_after(1):
+            await send.send(wire.encode_error(exc.code, str(exc)))
+            await trio.sleep(0.05)  # give the writer a moment to get the error out
+        raise ConnectionLostError(str(exc))
+
     async def _serve_task(
         self,
         task: wire.TaskRecord,
@@ -270,6 +439,12 @@ class Worker:
             try:
                 result = await self._compute(task, received_at)
                 reply: wire.ResultRecord | wire.ErrorRecord = result
+                if self.behaviour is not None:
+                    hold = self.behaviour.delay(task)
+                    if hold is None:
+                        return  # test-only: a worker that drops tasks never answers
+                    if hold > 0:
+                        await trio.sleep(hold)
                 self.stats.completed += 1
                 self.metrics.bytes.labels("out").inc(len(result.output))
                 outcome = "ok"
@@ -314,6 +489,10 @@ class Worker:
                 f"{task.kind} output of {len(output)} bytes does not fit in a frame of {self.config.max_frame}"
             )
         self.stats.per_kind[task.kind] = self.stats.per_kind.get(task.kind, 0) + 1
+        if self.behaviour is not None:
+            bad = self.behaviour.corrupt(task, output)
+            if bad != output:
+                output, out_digest = bad, wire.digest(bad)
         # Wall-clock time is an attestation in the receipt, not used for any timing logic.
         ts_ms = int(time.time() * 1000)
         d = receipt_digest(
@@ -329,7 +508,10 @@ class Worker:
         payload, enc = wire.compress_payload(output)
         if self.tamper is not None:
             payload, sig = self.tamper(task, payload, sig)
-        return wire.ResultRecord(task.task_id, payload, enc, ts_ms, sig)
+        result = wire.ResultRecord(task.task_id, payload, enc, ts_ms, sig)
+        if self.behaviour is not None:
+            result = self.behaviour.after(task, result)
+        return result
 
     async def _offload(
         self, kind: TaskKind, task: wire.TaskRecord, params: dict[str, Any]

@@ -190,8 +190,15 @@ def simulate(
             return _right(data)
         return _naive(data) if naive else _evil(data)
 
+    rejoins = 0
     for n in range(tasks):
         now = n * 0.001
+        # Whitewashing: a banned cheater is back under a fresh key by the next task (not
+        # within the same one, or a join probe that catches it at once would loop).
+        for _ in range(rejoins):
+            new_id(True)
+            identities += 1
+        rejoins = 0
         data = rng.randbytes(16)
         tid = n.to_bytes(16, "big")
         core.on_submit(Task(tid, "mc", {}, data, now + 10.0), now)
@@ -216,10 +223,9 @@ def simulate(
                     res.bans_honest += 1
                     continue
                 res.bans_cheaters += 1
-                if rejoin:  # whitewashing: back at once under a fresh key
+                if rejoin:  # whitewashing: back under a fresh key
                     core.on_worker_down(eff.worker, now)
-                    new_id(True)
-                    identities += 1
+                    rejoins += 1
             queue.extend(drain_inline(core, now))
     res.identities = identities
     res.stats = dict(core.stats.__dict__)

@@ -13,7 +13,11 @@ yamux), and measures from a gamer in this process:
 - ``executor``: real kernels (720p->1440p upscale, physics, flocking) on one worker
   started with ``--executor thread`` and then ``--executor process`` (2 kernels at once).
 
-Every result is verified (signature and binding) by the SDK, as in production.
+Every result's signature and binding to its task are checked by the SDK, as in production.
+The transport figures run with ``VerificationConfig.off()`` (no redundancy or spot
+checks, so each task travels once); ``pipelined_default_policy`` repeats the pipelined
+run with the default verification policy, whose redundant copies for untrusted (new)
+workers cost throughput.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import GamerClient, GamerConfig
+from nodes.verification import VerificationConfig
+
+OFF = VerificationConfig.off()
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -41,7 +48,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def sequential(addr: str, n: int) -> dict[str, Any]:
-    async with GamerClient.connect([addr]) as g:
+    async with GamerClient.connect([addr], verification=OFF) as g:
         for _ in range(50):
             await g.run("echo", b"x" * 64)
         lat = []
@@ -87,7 +94,7 @@ async def throughput(addrs: list[str], n: int, config: GamerConfig, in_flight: i
 
 
 async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
-    async with GamerClient.connect(addrs) as g:
+    async with GamerClient.connect(addrs, verification=OFF) as g:
         await g.map("echo", [b"w" * 64] * 200)
         t = time.perf_counter()
         handles = []
@@ -107,7 +114,7 @@ async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
 
 async def mib(addr: str, n: int) -> dict[str, Any]:
     payload = os.urandom(1024 * 1024)
-    async with GamerClient.connect([addr]) as g:
+    async with GamerClient.connect([addr], verification=OFF) as g:
         await g.run("echo", payload)
         t = time.perf_counter()
         lat = []
@@ -142,7 +149,7 @@ async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
         try:
             async with trio.open_nursery() as drains:
                 drains.start_soon(_drain, proc.proc)
-                async with GamerClient.connect([proc.addr]) as g:
+                async with GamerClient.connect([proc.addr], verification=OFF) as g:
                     res: dict[str, Any] = {}
                     for kind, (params, data) in work.items():
                         await g.map(kind, [data] * 2, params, deadline=120)  # warm up (imports, models)
@@ -175,10 +182,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 res["sequential"] = await sequential(addrs[0], 500 if quick else 3000)
                 print("sequential", res["sequential"], flush=True)
                 n = 3000 if quick else 20000
-                res["pipelined"] = await throughput(addrs, n, GamerConfig(max_batch_tasks=1), 256)
+                res["pipelined"] = await throughput(
+                    addrs, n, GamerConfig(max_batch_tasks=1, verification=OFF), 256
+                )
                 print("pipelined", res["pipelined"], flush=True)
-                res["pipelined_batched_frames"] = await throughput(addrs, n, GamerConfig(), 1024)
+                res["pipelined_batched_frames"] = await throughput(
+                    addrs, n, GamerConfig(verification=OFF), 1024
+                )
                 print("pipelined+batched frames", res["pipelined_batched_frames"], flush=True)
+                res["pipelined_default_policy"] = await throughput(addrs, n, GamerConfig(), 1024)
+                print("pipelined, default verification policy", res["pipelined_default_policy"], flush=True)
                 res["batched"] = await batched(addrs, n, 256)
                 print("batched", res["batched"], flush=True)
                 res["mib"] = await mib(addrs[0], 30 if quick else 200)

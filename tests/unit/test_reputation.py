@@ -195,3 +195,27 @@ def test_from_wire_fuzz_only_protocol_errors(data: bytes) -> None:
     except ProtocolError:
         return
     assert Evidence.from_wire(ev.to_wire()) == ev
+
+
+def test_light_bans_have_their_own_duration_and_are_not_offences() -> None:
+    rep = Reputation(ReputationConfig(ban_base_s=100.0))
+    p = CHEAT.peer_id_bytes
+    assert rep.ban(p, 0.0, duration_s=5.0) == 5.0
+    rec = rep.record(p)
+    assert rec is not None and rec.offences == 0 and rep.is_banned(p, 4.9)
+    assert not rep.is_banned(p, 5.0)
+    assert rep.ban(p, 10.0) == 110.0  # a real offence still follows the schedule
+
+
+def test_evidence_verified_elsewhere_is_applied_once() -> None:
+    rep = Reputation()
+    ev = evidence(WRONG)
+    assert rep.first_sight(ev) and not rep.first_sight(ev)
+    proof = verify_evidence(ev, REG, True)  # e.g. in a worker thread
+    assert proof is Proof.RECOMPUTED
+    assert rep.apply_evidence(ev, proof, 1.0) is Proof.RECOMPUTED
+    assert rep.is_banned(CHEAT.peer_id_bytes, 1.0)
+    # A bare CONFLICT from an untrusted reference only costs score, no ban.
+    rep2 = Reputation()
+    assert rep2.apply_evidence(ev, Proof.CONFLICT, 1.0) is None
+    assert not rep2.is_banned(CHEAT.peer_id_bytes, 1.0)

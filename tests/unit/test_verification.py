@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,16 @@ sys.modules["adversarial_sim"] = sim
 _spec.loader.exec_module(sim)
 
 W = [b"w%d" % i for i in range(5)]
-NO_CHECKS = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=0.0, probe_max=0.0)
-ALWAYS_DUP = VerificationConfig(dup_floor=1.0, probe_floor=0.0, probe_max=0.0)
+#: Self-checks only; no hedging either (its own tests turn it on).
+NO_CHECKS = VerificationConfig(
+    dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=0.0, probe_max=0.0, hedge=False
+)
+HEDGING = replace(NO_CHECKS, hedge=True)
+#: Disputes go to a tie-break vote (no local re-run): the path for kinds too costly to re-run.
+ALWAYS_DUP = VerificationConfig(
+    dup_floor=1.0, probe_floor=0.0, probe_max=0.0, recompute_max_cost=-1.0, hedge=False
+)
+RECOMPUTE = VerificationConfig(dup_floor=1.0, probe_floor=0.0, probe_max=0.0)
 
 
 def right(data: bytes) -> bytes:
@@ -215,11 +224,29 @@ def test_one_worker_claiming_invalid_input_is_not_believed_two_are() -> None:
     assert sends(effs) == [] and isinstance(of(effs, Reject)[0].error, ValidationError)
 
 
-def test_duplicate_without_partner_falls_back_and_lost_partner_is_incomplete() -> None:
+def test_duplicate_without_partner_falls_back_and_lost_partner_is_unconfirmed() -> None:
     core = make(ALWAYS_DUP, workers=1)
     core.on_submit(task(), 0.0)
     assert len(sends(core.poll_effects())) == 1 and core.stats.unconfirmed == 1
+    # The partner is lost and nobody else is left: resolve on the self-check, counted.
     core = make(ALWAYS_DUP, workers=2)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, right(b"input"), 0.1)
+    drain_inline(core, 0.1)
+    core.on_worker_down(b.worker, 0.2)
+    (res,) = of(drain_inline(core, 0.2), Resolve)
+    assert res.output == right(b"input") and core.stats.unconfirmed == 1
+    # With a third worker up, the lost partner is replaced instead.
+    core = make(ALWAYS_DUP, workers=3)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_worker_down(b.worker, 0.1)
+    (c,) = sends(core.poll_effects())
+    assert c.role is Role.REPLACEMENT and c.worker not in (a.worker, b.worker)
+    # Strict mode: no lower-assurance results at all.
+    strict = VerificationConfig(dup_floor=1.0, probe_floor=0.0, probe_max=0.0, allow_unconfirmed=False)
+    core = make(strict, workers=2)
     core.on_submit(task(), 0.0)
     a, b = sends(core.poll_effects())
     core.on_result(a.wire_id, a.worker, right(b"input"), 0.1)
@@ -240,7 +267,7 @@ def test_rejects_invalid_params_and_no_workers_up_front() -> None:
 
 
 def test_probe_catches_a_wrong_answer_against_the_known_answer() -> None:
-    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=1.0, probe_max=1.0)
+    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=1.0, probe_max=1.0)
     core = make(cfg, workers=1)
     assert core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
     core.on_submit(task(), 0.0)
@@ -257,7 +284,7 @@ def test_probe_catches_a_wrong_answer_against_the_known_answer() -> None:
 
 
 def test_probe_passes_raise_trust_and_probes_expire_quietly() -> None:
-    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, probe_floor=1.0, probe_max=1.0)
+    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=1.0, probe_max=1.0)
     core = make(cfg, workers=1)
     core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
     core.on_submit(task(1), 0.0)
@@ -354,3 +381,137 @@ def test_monte_carlo_honest_only_costs_little() -> None:
     r = sim.simulate(strategy="honest", tasks=6000, seed=5)
     assert r.wrong == 0 and r.rejected == 0 and r.bans_honest == 0
     assert r.honest_extra <= 0.3
+
+
+# ---------------------------------------------------------------- what the SDK integration added
+
+
+def test_dispute_rerun_resolves_the_right_side_and_bans_the_wrong_one() -> None:
+    core = make(RECOMPUTE, workers=3)
+    core.on_submit(task(), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, wrong(b"input"), 0.1, ts_ms=1, signature=b"s" * 64)
+    core.on_result(b.wire_id, b.worker, right(b"input"), 0.1, ts_ms=1, signature=b"t" * 64)
+    effs = drain_inline(core, 0.1)
+    assert sends(effs) == [] and core.stats.recomputes == 2
+    (res,) = of(effs, Resolve)
+    assert res.output == right(b"input") and res.worker == b.worker
+    (pen,) = of(effs, Penalise)
+    assert pen.worker == a.worker and pen.reason == "recomputed" and pen.evidence is not None
+    # Anyone can check it by re-running the kernel on the input the evidence carries.
+    assert pen.evidence.input == b"input" and pen.evidence.bad.output == wrong(b"input")
+    assert core.reputation.trust(b.worker, 0.1) > 0  # confirmed by the re-run itself
+
+
+def test_bad_signature_bans_locally_without_evidence_and_moves_the_task() -> None:
+    core = make(NO_CHECKS, workers=2)
+    core.on_submit(task(), 0.0)
+    (a,) = sends(core.poll_effects())
+    core.on_failure(a.wire_id, a.worker, VerificationError("bad signature"), 0.1)
+    effs = core.poll_effects()
+    (pen,) = of(effs, Penalise)
+    assert pen.banned and pen.evidence is None and pen.reason == "bad_signature"
+    assert core.reputation.is_banned(a.worker, 0.1)
+    (b,) = sends(effs)
+    assert b.worker != a.worker and b.role is Role.REPLACEMENT
+
+
+def test_answers_from_a_worker_banned_later_are_never_resolved() -> None:
+    cfg = VerificationConfig(dup_floor=1.0, probe_floor=0.0, probe_max=0.0, recompute_max_cost=-1.0)
+    core = make(cfg, workers=4)
+    core.on_submit(task(1), 0.0)
+    a, b = sends(core.poll_effects())
+    core.on_result(a.wire_id, a.worker, wrong(b"input"), 0.1)
+    drain_inline(core, 0.1)  # a's answer waits for its partner
+    core.ban(a.worker, 0.2, "evidence")
+    effs = drain_inline(core, 0.2)
+    assert of(effs, Resolve) == []
+    (repl,) = sends(effs)  # a's answer no longer counts: a replacement is sent at once
+    assert repl.worker not in (a.worker, b.worker)
+    core.on_result(b.wire_id, b.worker, right(b"input"), 0.3)
+    effs = drain_inline(core, 0.3)
+    assert of(effs, Resolve) == []
+    for s in [repl]:  # the replacement partner confirms b
+        assert s.worker != a.worker
+        core.on_result(s.wire_id, s.worker, right(b"input"), 0.4)
+    effs += drain_inline(core, 0.4)
+    (res,) = of(effs, Resolve)
+    assert res.output == right(b"input")
+
+
+def test_an_unanswered_copy_is_hedged_and_repeated_strikes_ban() -> None:
+    cfg = VerificationConfig(
+        dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=0.0, probe_max=0.0, strikes_to_ban=2
+    )
+    core = make(cfg, workers=3)
+    core.on_submit(task(1, deadline=10.0), 0.0)
+    (a,) = sends(core.poll_effects())
+    assert core.next_deadline() == pytest.approx(0.5)  # hedge_min_s, no latency known yet
+    core.on_tick(0.5)
+    (h,) = sends(core.poll_effects())
+    assert h.role is Role.REPLACEMENT and h.worker != a.worker and core.stats.strikes == 1
+    core.on_result(h.wire_id, h.worker, right(b"input"), 1.1)
+    (res,) = of(drain_inline(core, 1.1), Resolve)
+    assert res.worker == h.worker
+    # A second strike in a row bans the silent worker locally.
+    for n in range(2, 6):
+        core.on_submit(task(n, deadline=20.0), 2.0)
+        effs = drain_inline(core, 2.0)
+        for s in sends(effs):
+            if s.worker != a.worker:
+                core.on_result(s.wire_id, s.worker, right(b"input"), 2.1)
+        drain_inline(core, 2.1)
+    core.on_tick(10.0)
+    effs = drain_inline(core, 10.0)
+    assert core.reputation.is_banned(a.worker, 10.0)
+    assert any(isinstance(e, Penalise) and e.reason == "unresponsive" for e in effs)
+
+
+def test_a_lone_slow_worker_is_never_struck() -> None:
+    core = make(HEDGING, workers=1)
+    core.on_submit(task(deadline=10.0), 0.0)
+    (a,) = sends(core.poll_effects())
+    core.on_tick(5.0)
+    assert core.poll_effects() == [] and core.stats.strikes == 0
+    core.on_result(a.wire_id, a.worker, right(b"input"), 6.0)
+    assert of(drain_inline(core, 6.0), Resolve)
+
+
+def test_short_budgets_are_not_hedged_and_off_resolves_unchecked() -> None:
+    core = make(VerificationConfig(), workers=3)
+    core.on_submit(task(deadline=0.9), 0.0)  # half the budget is under hedge_min_s
+    core.poll_effects()
+    assert core.next_deadline() == 0.9
+    core = make(VerificationConfig.off(), workers=3)
+    assert not VerificationConfig.off().enabled and VerificationConfig().enabled
+    core.on_submit(task(), 0.0)
+    (a,) = core.poll_effects()
+    assert isinstance(a, SendTo)
+    core.on_result(a.wire_id, a.worker, b"anything at all", 0.1)
+    (res,) = core.poll_effects()  # no RunCheck: resolved as is
+    assert isinstance(res, Resolve) and res.output == b"anything at all"
+
+
+def test_join_probe_and_placer_hook() -> None:
+    cfg = VerificationConfig(dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=0.0, probe_max=0.0)
+    core = make(cfg, workers=0)
+    core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
+    core.on_worker_up(W[0], 0.0)
+    (probe,) = core.poll_effects()
+    assert isinstance(probe, Probe) and probe.worker == W[0] and probe.deadline == 10.0
+    core.on_result(probe.wire_id, W[0], wrong(b"known"), 0.1, ts_ms=1, signature=b"s" * 64)
+    (pen,) = of(drain_inline(core, 0.1), Penalise)
+    assert pen.reason == "probe" and pen.worker == W[0]
+    core.on_worker_up(W[1], 0.2)
+    core.on_worker_up(W[2], 0.2)
+    core.poll_effects()
+    seen: list[list[tuple[bytes, int]]] = []
+
+    def placer(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
+        seen.append(cands)
+        return W[2]
+
+    core.placer = placer
+    core.on_submit(task(), 0.3)
+    (s,) = sends(core.poll_effects())
+    assert s.worker == W[2] and [w for w, _ in seen[0]] == [W[1], W[2]]  # banned W[0] never offered
