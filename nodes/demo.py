@@ -250,7 +250,7 @@ async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> d
                         nursery.start_soon(start, i)
                 workload = build_workload(registry, tasks, seed)
             for w in procs:
-                console.print(f"  worker [cyan]{w.addr}[/cyan]")
+                console.print(f"  worker [cyan]{w.addr}[/cyan]", soft_wrap=True)
             async with trio.open_nursery() as drains:
                 for w in procs:
                     drains.start_soon(_drain, w.proc)

