@@ -115,6 +115,9 @@ class GamerConfig:
     #: Copies of one task that may fail (error reply, lost connection, bad signature)
     #: before the task ends with the last error; copies always go to distinct workers.
     max_attempts: int = 3
+    #: Re-dial a worker whose connection dropped, with exponential backoff up to this
+    #: many seconds between tries (0 turns reconnection off). Banned workers are not re-dialled.
+    reconnect_max_backoff_s: float = 10.0
     #: Outputs larger than this are hashed off the trio thread.
     offload_hash_bytes: int = 256 * 1024
     read_chunk: int = 256 * 1024
@@ -255,6 +258,8 @@ class _WorkerLink:
     overflow: deque[_Wire | bytes] = field(default_factory=deque)
     flushed: trio.Event = field(default_factory=trio.Event)
     alive: bool = True
+    #: The multiaddr it was dialled at, for reconnecting (None when added by peer id).
+    addr: str | None = None
 
     @property
     def name(self) -> str:
@@ -373,7 +378,7 @@ class GamerClient:
             return peer
         stream = await self.host.open_stream(peer, wire.PROTOCOL_ID)
         send, recv = trio.open_memory_channel[_Wire | bytes](self.config.send_queue)
-        link = _WorkerLink(peer=peer, stream=stream, send=send, recv=recv)
+        link = _WorkerLink(peer=peer, stream=stream, send=send, recv=recv, addr=addr)
         self._links.append(link)
         self._by_peer[peer] = link
         self._nursery.start_soon(self._run_link, link)
@@ -794,6 +799,28 @@ class GamerClient:
         # The policy fails this worker's copies and places replacements elsewhere.
         self._core.on_worker_down(link.peer, trio.current_time())
         self._drain()
+        if link.addr is not None and self.config.reconnect_max_backoff_s > 0:
+            self._nursery.start_soon(self._reconnect, link.addr, link.peer)
+
+    async def _reconnect(self, addr: str, peer: bytes) -> None:
+        """Re-dial a lost worker with exponential backoff until it answers (or is banned)."""
+        delay = 0.25
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max_backoff_s)
+            current = self._by_peer.get(peer)
+            if current is not None and current.alive:
+                return  # someone else (the control plane, the caller) reconnected it
+            if self.reputation.is_banned(peer, trio.current_time()):
+                log.info("not reconnecting to banned worker %s", peer_id_to_str(peer))
+                return
+            try:
+                await self.add_worker(addr)
+            except P2C2RError as exc:
+                log.debug("reconnect to %s failed: %s", addr, exc)
+                continue
+            log.info("reconnected to worker %s", peer_id_to_str(peer))
+            return
 
     async def _write_link(self, link: _WorkerLink) -> None:
         async for first in link.recv:

@@ -735,3 +735,29 @@ async def test_memory_host_restarts_with_its_identity_and_streams_are_forgotten(
                 conn = client.conns[ident.peer_id_bytes]
                 assert len(conn.pipes) <= 4  # finished streams do not pile up
         assert client.connected_peers() == []
+
+
+async def test_a_dropped_worker_is_redialled_with_backoff(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(gamer_config=GamerConfig(verification=VerificationConfig.off())) as m:
+        worker = m.hosts[0].peer_id
+        assert await m.gamer.run("echo", b"before") == b"before"
+        assert m.net.reset_link(m.gamer_host.peer_id, worker)
+        with trio.fail_after(1):
+            while m.gamer.workers():  # noqa: ASYNC110 - observing the client from outside
+                await trio.sleep(0.01)
+        dropped_at = trio.current_time()
+        with trio.fail_after(5):
+            while worker not in m.gamer.workers():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert trio.current_time() - dropped_at < 1.0  # first retries come fast
+        assert await m.gamer.run("echo", b"after") == b"after"
+
+
+async def test_reconnection_can_be_turned_off(autojump_clock: trio.abc.Clock) -> None:
+    config = GamerConfig(verification=VerificationConfig.off(), reconnect_max_backoff_s=0)
+    async with open_mesh(gamer_config=config) as m:
+        assert m.net.reset_link(m.gamer_host.peer_id, m.hosts[0].peer_id)
+        await trio.sleep(30)
+        assert m.gamer.workers() == []
+        with pytest.raises(UnavailableError):
+            await m.gamer.run("echo", b"x")
