@@ -54,7 +54,7 @@ from mesh.errors import (
     VerificationError,
 )
 from mesh.vivaldi import Coord
-from mesh.wire import FrameDecoder
+from mesh.wire import MSGPACK_ERRORS, FrameDecoder
 
 __all__ = [
     "DOMAIN_HEARTBEAT",
@@ -550,7 +550,7 @@ def _unpack(body: bytes, limit: int) -> Any:
             max_bin_len=limit,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises a zoo of ValueError/TypeError/ExtraData subclasses
+    except MSGPACK_ERRORS as exc:
         raise ProtocolError(f"control frame is not valid msgpack: {type(exc).__name__}") from exc
 
 

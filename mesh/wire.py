@@ -57,6 +57,10 @@ RECORD_OVERHEAD = 256
 
 _HEADER = struct.Struct(">I")
 
+#: What msgpack raises on malformed input: ExtraData, FormatError and StackError are
+#: ValueErrors, OutOfData is an UnpackException, unhashable map keys are TypeErrors.
+MSGPACK_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
@@ -292,7 +296,7 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
             max_bin_len=max_frame,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises a zoo of ValueError/TypeError/Extra data subclasses
+    except MSGPACK_ERRORS as exc:
         raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}") from exc
     if not isinstance(obj, list) or len(obj) != 3:
         raise ProtocolError("frame body must be [version, type, items]")

@@ -94,6 +94,8 @@ async def start_worker(
                 if line.startswith("listening on "):
                     wp.addr = line.removeprefix("listening on ").strip()
                     return wp
+    proc.kill()
+    await proc.wait()
     raise UnavailableError("a worker did not start:\n" + "\n".join(wp.lines[-20:]))
 
 

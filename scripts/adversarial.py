@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ if str(REPO) not in sys.path:
 
 from mesh.errors import P2C2RError  # noqa: E402
 from mesh.identity import peer_id_from_str  # noqa: E402
+from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers  # noqa: E402
 from nodes.gamer import GamerClient  # noqa: E402
 from tasks.codecs import encode_array  # noqa: E402
 from tasks.kernels.flocking import FLOCKING_DEFAULTS, random_flock  # noqa: E402
@@ -143,71 +141,26 @@ def workload(n: int, seed: int) -> list[tuple[str, dict[str, Any], bytes, bytes]
 
 @dataclass
 class Proc:
-    proc: trio.Process
-    addr: str = ""
-    peer: bytes = b""
-    lines: list[str] = field(default_factory=list)
+    """A worker process started by ``nodes.demo.start_worker`` and its peer id."""
+
+    wp: WorkerProcess
+    peer: bytes
+
+    @property
+    def proc(self) -> trio.Process:
+        return self.wp.proc
+
+    @property
+    def addr(self) -> str:
+        return self.wp.addr
 
 
 async def _start(home: Path, name: str, misbehave: str | None) -> Proc:
     d = home / name
     d.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "nodes.cli", "node", "run",
-        "--listen", "/ip4/127.0.0.1/tcp/0", "--key-file", str(d / "node.key"),
-        "--concurrency", "1", "--metrics-port", "-1",
-    ]  # fmt: skip
-    if misbehave:
-        cmd += ["--misbehave", misbehave]
-    proc = await trio.lowlevel.open_process(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "P2C2R_HOME": str(d), "PYTHONUNBUFFERED": "1"},
-        # No PR_SET_PDEATHSIG: trio forks from a worker thread, and the signal fires when
-        # *that thread* exits (after ~10 s idle), killing healthy children. Children are
-        # stopped by ``_stop`` in a ``finally`` instead.
-    )
-    p = Proc(proc)
-    assert proc.stdout is not None
-    buf = b""
-    with trio.move_on_after(START_TIMEOUT_S):
-        while True:
-            chunk = await proc.stdout.receive_some(4096)
-            if not chunk:
-                break
-            buf += chunk
-            *done, buf = buf.split(b"\n")
-            for raw in done:
-                line = raw.decode(errors="replace")
-                p.lines.append(line)
-                if line.startswith("listening on "):
-                    p.addr = line.removeprefix("listening on ").strip()
-                    p.peer = peer_id_from_str(p.addr.rsplit("/p2p/", 1)[1])
-                    return p
-    proc.kill()
-    raise RuntimeError(f"worker {name} did not start:\n" + "\n".join(p.lines[-20:]))
-
-
-async def _drain(proc: trio.Process) -> None:
-    if proc.stdout is not None:
-        while await proc.stdout.receive_some(65536):
-            pass
-
-
-async def _stop(procs: list[Proc]) -> None:
-    with trio.CancelScope(shield=True):
-        for p in procs:
-            if p.proc.returncode is None:
-                p.proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(5):
-            for p in procs:
-                await p.proc.wait()
-        for p in procs:
-            if p.proc.returncode is None:
-                p.proc.kill()
-                await p.proc.wait()
+    extra = ["--metrics-port", "-1", *(["--misbehave", misbehave] if misbehave else [])]
+    wp = await start_worker(d / "node.key", d, 1, extra=extra)
+    return Proc(wp, peer_id_from_str(wp.addr.rsplit("/p2p/", 1)[1]))
 
 
 @asynccontextmanager
@@ -228,7 +181,7 @@ async def workers(home: Path, specs: list[tuple[str, str | None]]) -> AsyncItera
             yield procs
             drains.cancel_scope.cancel()
     finally:
-        await _stop(procs)
+        await stop_workers([p.wp for p in procs])
 
 
 # ---------------------------------------------------------------- one run

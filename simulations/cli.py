@@ -20,7 +20,7 @@ import os
 import queue
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,12 @@ def run_policies(world: World, jobs: int | None = None, progress: bool = False) 
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
             futs: list[Future[SimResult]] = [ex.submit(_child_run, i, p) for i, p in enumerate(policies)]
-            while not all(f.done() for f in futs):
-                _drain(bar, 0.2)
-            _drain(bar, 0.0)
+            if _PROGRESS is None:
+                wait(futs)
+            else:
+                while not all(f.done() for f in futs):
+                    _drain(bar, 0.2)
+                _drain(bar, 0.0)
             return [f.result() for f in futs]
     finally:
         if bar is not None:
@@ -82,12 +85,11 @@ def run_policies(world: World, jobs: int | None = None, progress: bool = False) 
         _PROGRESS = None
 
 
-def _drain(bar: _Bar | None, wait: float) -> None:
-    if _PROGRESS is None:
-        time.sleep(wait)
-        return
+def _drain(bar: _Bar | None, timeout: float) -> None:
+    """Apply queued progress updates, waiting up to ``timeout`` for the first one."""
+    assert _PROGRESS is not None
     try:
-        item = _PROGRESS.get(timeout=wait) if wait > 0 else _PROGRESS.get_nowait()
+        item = _PROGRESS.get(timeout=timeout) if timeout > 0 else _PROGRESS.get_nowait()
         while True:
             if bar is not None:
                 bar.update(*item)
