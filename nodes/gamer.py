@@ -729,7 +729,7 @@ class GamerClient:
         latency = now - handle.submitted_at
         self.metrics.observe_task(ut.kind, outcome, latency)
         if output is not None:
-            self.metrics.bytes.labels("in").inc(len(output))
+            self.metrics.bytes_in.inc(len(output))
         for hook in self._completion_hooks:
             try:
                 hook(ut.kind, ut.last_worker, latency, outcome)
@@ -905,7 +905,7 @@ class GamerClient:
         if self._wires.get(w.wire_id) is not w:
             self.stats.late_dropped += 1  # finished while the output was being hashed
             return
-        self.metrics.verification.labels("signature_ok").inc()
+        self.metrics.signature_ok.inc()
         self._forget(w)
         core.on_result(
             w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=rec.signature

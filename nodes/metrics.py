@@ -88,6 +88,12 @@ class NodeMetrics:
         self.verification = Counter(
             "p2c2r_verifications", "Result verification outcomes", ["outcome"], registry=r
         )
+        # Label children resolved once: these are touched for every task.
+        self.bytes_in = self.bytes.labels("in")
+        self.bytes_out = self.bytes.labels("out")
+        self.signature_ok = self.verification.labels("signature_ok")
+        self._task_children: dict[tuple[str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
         self.in_flight = Gauge("p2c2r_tasks_in_flight", "Tasks queued or running", registry=r)
         self.protocol_errors = Counter("p2c2r_protocol_errors", "Frames or messages refused", registry=r)
         self._window = window
@@ -95,9 +101,15 @@ class NodeMetrics:
         r.register(_QuantileCollector(self))
 
     def observe_task(self, kind: str, outcome: str, latency_s: float | None) -> None:
-        self.tasks.labels(kind, outcome).inc()
+        counter = self._task_children.get((kind, outcome))
+        if counter is None:
+            counter = self._task_children[(kind, outcome)] = self.tasks.labels(kind, outcome)
+        counter.inc()
         if latency_s is not None and outcome == "ok":
-            self.latency.labels(kind).observe(latency_s)
+            hist = self._latency_children.get(kind)
+            if hist is None:
+                hist = self._latency_children[kind] = self.latency.labels(kind)
+            hist.observe(latency_s)
             dq = self._samples.get(kind)
             if dq is None:
                 dq = self._samples[kind] = deque(maxlen=self._window)

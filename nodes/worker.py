@@ -435,7 +435,7 @@ class Worker:
         async with send:
             kind_label = task.kind if task.kind in self.registry else "unknown"
             self.metrics.in_flight.inc()
-            self.metrics.bytes.labels("in").inc(len(task.data))
+            self.metrics.bytes_in.inc(len(task.data))
             try:
                 result = await self._compute(task, received_at)
                 reply: wire.ResultRecord | wire.ErrorRecord = result
@@ -446,7 +446,7 @@ class Worker:
                     if hold > 0:
                         await trio.sleep(hold)
                 self.stats.completed += 1
-                self.metrics.bytes.labels("out").inc(len(result.output))
+                self.metrics.bytes_out.inc(len(result.output))
                 outcome = "ok"
             except P2C2RError as exc:
                 self.stats.failed += 1
