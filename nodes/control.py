@@ -37,6 +37,8 @@ are dropped and counted in ``counters()``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -123,6 +125,13 @@ class ControlConfig:
     ping_interval_s: float = 1.0
     #: Peers pinged per interval (Vivaldi needs a few samples per second, not all pairs).
     ping_sample: int = 2
+    #: Automatic region choice: members pinged per region, and rounds of pings, to place
+    #: this node's coordinate before it compares region centroids.
+    region_probe_peers: int = 3
+    region_probe_rounds: int = 4
+    region_replay_passes: int = 50
+    #: Every this many ping rounds, also ping one member of another region (0: never).
+    wan_ping_every: int = 3
     #: Member -> coordinator load reports (streams); heartbeats carry load too, at 1 Hz.
     load_report_interval_s: float = 0.5
     summary_interval_s: float = 1.0
@@ -302,6 +311,7 @@ class ControlService:
         self._pings: dict[int, tuple[str, float]] = {}
         self._started_at = 0.0
         self._next_ping = 0.0
+        self._ping_rounds = 0
         self._next_load = 0.0
         self._next_summary = 0.0
         self._electorate_at: float | None = None
@@ -395,13 +405,18 @@ class ControlService:
         return reply.snapshot
 
     async def measure_rtt(self, peer: str, timeout: float | None = None) -> float:
+        return (await self._ping(peer, timeout))[0]
+
+    async def _ping(self, peer: str, timeout: float | None = None) -> tuple[float, cw.Pong | None]:
+        """One RTT sample to ``peer`` (folded into our coordinate), with the peer's answer."""
         nonce = self._new_request()
         t0 = trio.current_time()
         reply = await self._request(peer, cw.Ping(nonce), nonce, timeout)
         rtt = trio.current_time() - t0
         if isinstance(reply, cw.Pong):
             self.vivaldi.on_rtt_sample(peer, reply.coord, reply.error, rtt, trio.current_time())
-        return rtt
+            return rtt, reply
+        return rtt, None
 
     def snapshot(self) -> cw.Snapshot:
         now = trio.current_time()
@@ -638,30 +653,78 @@ class ControlService:
         self.joined.set()
 
     async def _choose_region(self, snapshots: Sequence[cw.Snapshot]) -> str:
-        """The region whose coordinator answers fastest (median of 3 pings); ties by name."""
-        candidates: dict[str, str] = {}
+        """The nearest region by network coordinates (``--region`` not given).
+
+        The node pings a few members of every region it heard of (the coordinator first), a
+        few rounds each; every sample moves its Vivaldi coordinate. It then joins the region
+        whose centroid (as the bootstrap peers report it) is nearest to that coordinate. A
+        region without a centroid yet is judged by the median RTT measured to its members
+        instead, so a young mesh still gets a sensible answer. ``default`` when nobody answered.
+        """
+        probes: dict[str, list[str]] = {}
+        centroids: dict[str, Coord] = {}
         for snap in snapshots:
             for view in snap.regions:
-                if view.coordinator is not None:
-                    candidates.setdefault(view.region, view.coordinator)
+                if view.centroid is not None:
+                    centroids.setdefault(view.region, view.centroid)
+                picked = probes.setdefault(view.region, [])
+                if view.coordinator is not None and view.coordinator not in picked:
+                    picked.insert(0, view.coordinator)
                     if view.coordinator_addrs:
                         self._addrs.setdefault(view.coordinator, view.coordinator_addrs)
-        if not candidates:
+                for m in view.members:
+                    if len(picked) >= self.config.region_probe_peers:
+                        break
+                    if m.peer != self.self_id and m.peer not in picked and m.addrs and m.state == "alive":
+                        picked.append(m.peer)
+                        self._addrs.setdefault(m.peer, m.addrs)
+                del picked[self.config.region_probe_peers :]
+        probes = {r: ps for r, ps in probes.items() if ps}
+        if not probes:
             return DEFAULT_REGION
-        best: tuple[float, str] | None = None
-        for name in sorted(candidates):
-            samples = []
-            for _ in range(3):
-                try:
-                    samples.append(await self.measure_rtt(candidates[name], timeout=1.0))
-                except P2C2RError:
-                    break
-            if not samples:
-                continue
-            rtt = sorted(samples)[len(samples) // 2]
-            if best is None or (rtt, name) < best:
-                best = (rtt, name)
-        return best[1] if best is not None else sorted(candidates)[0]
+        samples: dict[str, list[float]] = {r: [] for r in probes}
+        answers: list[tuple[str, cw.Pong, float]] = []
+
+        async def ping(region: str, peer: str) -> None:
+            with contextlib.suppress(P2C2RError):
+                rtt, pong = await self._ping(peer, timeout=1.0)
+                samples[region].append(rtt)
+                if pong is not None:
+                    answers.append((peer, pong, rtt))
+
+        for _ in range(self.config.region_probe_rounds):
+            async with trio.open_nursery() as nursery:
+                for region, peers in probes.items():
+                    for peer in peers:
+                        nursery.start_soon(ping, region, peer)
+        # A newcomer's coordinate after a dozen samples is still far off (error ~0.9): it
+        # started at the origin. Replaying the measured samples lets the Vivaldi update settle
+        # on the position that fits them (gradient descent on the same spring model), exactly
+        # as re-pinging the same peers would, without the wait or the traffic.
+        for _ in range(self.config.region_replay_passes):
+            if self.vivaldi.error <= 0.2:
+                break
+            for peer, pong, rtt in answers:
+                self.vivaldi.on_rtt_sample(peer, pong.coord, pong.error, rtt, trio.current_time())
+        reachable = {r for r, s in samples.items() if s}
+        if not reachable:
+            return sorted(probes)[0]
+        by_coord = {r: c for r, c in centroids.items() if r in reachable}
+        estimates: dict[str, float] = {}
+        for region in sorted(reachable):
+            if region in by_coord:
+                estimates[region] = estimate_rtt(self.vivaldi.coord, by_coord[region])
+            else:
+                s = sorted(samples[region])
+                estimates[region] = s[len(s) // 2]
+        chosen = min(sorted(estimates), key=lambda r: estimates[r])
+        log.info(
+            "region chosen automatically: %s (estimated RTT %s; coordinate error %.2f)",
+            chosen,
+            ", ".join(f"{r} {1e3 * e:.1f} ms" for r, e in sorted(estimates.items())),
+            self.vivaldi.error,
+        )
+        return chosen
 
     # ================================================================== driver
 
@@ -1149,10 +1212,40 @@ class ControlService:
         peers = self._region_link_peers() or sorted(p for p in self._links if self._is_node_link(p))
         if not peers:
             return
-        for peer in self.rng.sample(peers, min(self.config.ping_sample, len(peers))):
+        targets = self.rng.sample(peers, min(self.config.ping_sample, len(peers)))
+        self._ping_rounds += 1
+        if self.config.wan_ping_every and self._ping_rounds % self.config.wan_ping_every == 0:
+            anchor = self._wan_anchor()
+            if anchor is not None:
+                targets.append(anchor)
+        for peer in targets:
             nonce = self._new_request()
             self._pings[nonce] = (peer, now)
             self._send(peer, cw.Ping(nonce))
+
+    def _wan_anchor(self) -> str | None:
+        """A member of another region to ping, so coordinates span regions, not just our own.
+
+        Pinging only inside the region would leave every region's coordinates in a private
+        frame (two regions 80 ms apart would overlap), and neither cross-region RTT estimates
+        nor the automatic region choice could work. Each node pings one fixed anchor per other
+        region, picked by rendezvous hashing: anchors spread evenly over the remote members
+        and a node keeps reusing one link instead of dialling new ones.
+        """
+        others = [
+            view
+            for name, (view, _, _) in sorted(self._regions.items())
+            if name != self.region and view.members
+        ]
+        if not others:
+            return None
+        view = self.rng.choice(others)
+        live = [m for m in view.members if m.addrs and m.peer != self.self_id and m.state == "alive"]
+        if not live:
+            return None
+        anchor = min(live, key=lambda m: hashlib.sha256(f"{self.self_id}/{m.peer}".encode()).digest())
+        self._addrs.setdefault(anchor.peer, anchor.addrs)
+        return anchor.peer
 
     def _report_load(self, now: float) -> None:
         if self.election is None:
