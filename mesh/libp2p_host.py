@@ -174,7 +174,17 @@ class Libp2pHost:
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         async def _handler(stream: Any) -> None:
-            await handler(Libp2pStream(stream))
+            wrapped = Libp2pStream(stream)
+            try:
+                await handler(wrapped)
+            except Exception as exc:
+                # py-libp2p 0.8.1 bug: an exception escaping a stream handler wedges the whole
+                # connection, not just the stream: it stays "connected" but every new stream
+                # to or from that peer times out (reproduced: a reader that raised on its
+                # peer's RST cut off all later streams, GossipSub included). A handler's
+                # failure must stay that stream's failure.
+                log.debug("%s handler for %s ended with %r", protocol, ID(wrapped.remote_peer), exc)
+                await wrapped.reset()
 
         self._host.set_stream_handler(TProtocol(protocol), _handler)
 
