@@ -5,7 +5,7 @@ p2c2r node run [--listen MULTIADDR] [--key-file F] [--peer MULTIADDR ...] [--con
                [--bootstrap MULTIADDR ...] [--region NAME] [--voter PEERID ...] [--mdns]
 p2c2r status [--peer MULTIADDR] [--json]
 p2c2r submit KIND [--peer MULTIADDR] [--param k=v ...] [--input FILE] [--output FILE]
-p2c2r demo [--workers N] [--tasks M] [--json PATH]
+p2c2r demo [--workers N] [--tasks M] [--regions eu,us] [--direct] [--json PATH]
 p2c2r kinds
 """
 
@@ -407,7 +407,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from nodes.demo import run_demo
 
-    return run_demo(workers=args.workers, tasks=args.tasks, json_path=args.json, seed=args.seed)
+    return run_demo(
+        workers=args.workers,
+        tasks=args.tasks,
+        json_path=args.json,
+        seed=args.seed,
+        regions=tuple(r.strip() for r in args.regions.split(",")),
+        direct=args.direct,
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -479,7 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("demo", help="start a local mesh on loopback and run a mixed workload")
-    s.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    s.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    s.add_argument(
+        "--regions",
+        default="eu,us",
+        help="comma-separated regions to spread the workers over (default eu,us)",
+    )
+    s.add_argument(
+        "--direct", action="store_true", help="skip the mesh: connect the gamer straight to every worker"
+    )
     s.add_argument("--tasks", type=int, default=200, help="tasks to run (default 200)")
     s.add_argument("--json", help="write the summary figures as JSON here")
     s.add_argument("--seed", type=int, default=1, help="seed for the workload mix")

@@ -1,7 +1,12 @@
 """``p2c2r demo``: a local mesh on loopback in one command.
 
-Starts N worker nodes as separate processes (real py-libp2p hosts, Noise, yamux), connects
-a gamer to all of them, runs a mixed workload of real kernels (upscale, physics, path
+Starts N worker nodes as separate processes (real py-libp2p hosts, Noise, yamux) in several
+regions (``--regions eu,us``): the first node is the single bootstrap address of all the
+others; they discover each other (DHT, heartbeats), and each region elects a coordinator.
+One gamer per region joins through that region, gets placement leases from its coordinator
+and sends task bytes straight to the leased workers. If the mesh does not form in time, the
+demo says so and falls back to direct connections (``--direct`` asks for that path). It runs
+a mixed workload of real kernels (upscale, physics, path
 finding, flocking, ray tracing, echo) with a progress bar, checks every result (signature
 and binding by the SDK, plus each kind's cheap self-consistency check), and prints a
 summary table; ``--json`` writes the same figures.
@@ -12,6 +17,7 @@ if the demo process dies, so Ctrl-C (or a kill) leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -230,7 +236,68 @@ async def run_workload(
     return outcomes
 
 
-async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> dict[str, Any]:
+MESH_TIMEOUT_S = 45.0
+VOTERS_PER_REGION = 3
+
+
+@dataclass
+class MeshPlan:
+    """Which worker goes to which region, and each region's electorate."""
+
+    regions: tuple[str, ...]
+    region_of: list[str]
+    peers: list[str]
+
+    def voters(self, region: str) -> list[str]:
+        return [p for p, r in zip(self.peers, self.region_of, strict=True) if r == region][:VOTERS_PER_REGION]
+
+    def members(self, region: str) -> int:
+        return self.region_of.count(region)
+
+
+def plan_mesh(key_files: list[Path], regions: tuple[str, ...]) -> MeshPlan:
+    """Deal the workers round-robin over the regions (so every region gets one when there
+    are at least as many workers as regions); the first three of a region are its voters."""
+    from mesh.identity import load_or_create
+
+    peers = [load_or_create(k).peer_id.to_base58() for k in key_files]
+    return MeshPlan(regions, [regions[i % len(regions)] for i in range(len(key_files))], peers)
+
+
+async def _mesh_formed(procs: list[WorkerProcess], plan: MeshPlan) -> dict[str, Any] | None:
+    """Ask one node per region for its view until every region has a coordinator that all of
+    its members agree on; the regions' state, or ``None`` after ``MESH_TIMEOUT_S``."""
+    from nodes.mesh_client import fetch_status
+
+    first_of = {r: procs[plan.region_of.index(r)].addr for r in plan.regions}
+    with trio.move_on_after(MESH_TIMEOUT_S):
+        while True:
+            state: dict[str, Any] = {}
+            for region, addr in first_of.items():
+                try:
+                    snap = await fetch_status(addr, timeout=3.0)
+                except P2C2RError:
+                    break
+                view = next((v for v in snap.regions if v.region == region), None)
+                if view is None or view.coordinator is None or len(view.members) < plan.members(region):
+                    break
+                if sorted(v.region for v in snap.regions) != sorted(plan.regions):
+                    break
+                state[region] = {
+                    "coordinator": view.coordinator,
+                    "epoch": view.epoch,
+                    "members": len(view.members),
+                    "entry": addr,
+                }
+            if len(state) == len(plan.regions):
+                return state
+            await trio.sleep(0.5)
+    return None
+
+
+async def _demo(
+    workers: int, tasks: int, json_path: str | None, seed: int, regions: tuple[str, ...], direct: bool
+) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -238,25 +305,81 @@ async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> d
     console = Console()
     registry = default_registry()
     procs: list[WorkerProcess] = []
+    mesh: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="p2c2r-demo-") as tmp:
         home = Path(tmp)
         try:
             concurrency = max(1, (os.cpu_count() or 1) // max(1, workers)) or 1
-            with console.status(f"starting {workers} worker nodes on 127.0.0.1 ..."):
+            keys = [home / f"worker{i}.key" for i in range(workers)]
+            for i in range(workers):
+                (home / f"w{i}").mkdir()
+            plan = plan_mesh(keys, regions)
+            where = "" if direct else f" in {len(regions)} regions ({', '.join(regions)})"
+            with console.status(f"starting {workers} worker nodes on 127.0.0.1{where} ..."):
+                workload = build_workload(registry, tasks, seed)
+
+                def args(i: int, boot: str | None) -> list[str]:
+                    if direct:
+                        return []
+                    region = plan.region_of[i]
+                    out = ["--region", region]
+                    for v in plan.voters(region):
+                        out += ["--voter", v]
+                    return out + (["--bootstrap", boot] if boot else [])
+
+                # the first node is everybody's single bootstrap address
+                procs.append(await start_worker(keys[0], home / "w0", concurrency, args(0, None)))
+                boot = procs[0].addr
+                started: list[WorkerProcess | None] = [None] * workers
+                started[0] = procs[0]
                 async with trio.open_nursery() as nursery:
 
                     async def start(i: int) -> None:
-                        procs.append(await start_worker(home / f"worker{i}.key", home, concurrency))
+                        w = await start_worker(keys[i], home / f"w{i}", concurrency, args(i, boot))
+                        started[i] = w
+                        procs.append(w)
 
-                    for i in range(workers):
+                    for i in range(1, workers):
                         nursery.start_soon(start, i)
-                workload = build_workload(registry, tasks, seed)
-            for w in procs:
-                console.print(f"  worker [cyan]{w.addr}[/cyan]", soft_wrap=True)
+            ordered = [w for w in started if w is not None]
+            for i, w in enumerate(ordered):
+                tag = "" if direct else f"{plan.region_of[i]:>4}  "
+                console.print(f"  worker {tag}[cyan]{w.addr}[/cyan]", soft_wrap=True)
             async with trio.open_nursery() as drains:
-                for w in procs:
+                for w in ordered:
                     drains.start_soon(_drain, w.proc)
-                async with GamerClient.connect([w.addr for w in procs]) as gamer:
+                if not direct:
+                    with console.status("forming the mesh: discovery, regions, coordinator election ..."):
+                        t_mesh = trio.current_time()
+                        mesh = await _mesh_formed(ordered, plan)
+                    if mesh is None:
+                        console.print(
+                            f"[yellow]warning: the mesh did not form within {MESH_TIMEOUT_S:g} s "
+                            "(no coordinator agreed in some region); falling back to direct "
+                            "connections to every worker. Run `p2c2r status --peer ADDR` on a "
+                            "worker address above to see why."
+                        )
+                    else:
+                        console.print(f"mesh formed in {trio.current_time() - t_mesh:.1f} s:")
+                        for region, st in mesh.items():
+                            console.print(
+                                f"  region [bold]{region}[/bold]: coordinator {st['coordinator'][-8:]} "
+                                f"(epoch {st['epoch']}), {st['members']} members"
+                            )
+                async with contextlib.AsyncExitStack() as stack:
+                    # one gamer per region, each joining through its region's entry node and
+                    # getting placement leases from its coordinator; or one direct gamer
+                    if mesh is not None:
+                        gamers = [
+                            await stack.enter_async_context(
+                                GamerClient.connect(bootstrap=[st["entry"]], region=region)
+                            )
+                            for region, st in mesh.items()
+                        ]
+                    else:
+                        gamers = [
+                            await stack.enter_async_context(GamerClient.connect([w.addr for w in ordered]))
+                        ]
                     with Progress(
                         TextColumn("[bold]tasks"),
                         BarColumn(),
@@ -274,12 +397,28 @@ async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> d
                             progress.update(bar, advance=1, failed=failed)
 
                         t0 = trio.current_time()
-                        outcomes = await run_workload(gamer, registry, workload, on_done)
+                        results: list[list[TaskOutcome]] = [[] for _ in gamers]
+
+                        async def drive(j: int) -> None:
+                            share = workload[j :: len(gamers)]
+                            results[j] = await run_workload(gamers[j], registry, share, on_done)
+
+                        async with trio.open_nursery() as runs:
+                            for j in range(len(gamers)):
+                                runs.start_soon(drive, j)
                         wall = trio.current_time() - t0
+                        outcomes = [o for r in results for o in r]
+                        per_region = (
+                            {region: _region_figures(results[j]) for j, region in enumerate(mesh)}
+                            if mesh is not None
+                            else {}
+                        )
                 drains.cancel_scope.cancel()
         finally:
             await stop_workers(procs)
     summary = summarise(outcomes, wall, workers)
+    summary["path"] = "mesh" if mesh is not None else "direct"
+    summary["regions"] = {r: {**st, **per_region.get(r, {})} for r, st in (mesh or {}).items()}
     table = Table(title=f"p2c2r demo: {workers} workers, {len(outcomes)} tasks")
     for col in ("kind", "tasks", "verified", "failed", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(col, justify="right" if col != "kind" else "left")
@@ -303,6 +442,11 @@ async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> d
         f"{summary['p99_ms']:.1f}",
     )
     console.print(table)
+    for region, st in summary["regions"].items():
+        console.print(
+            f"region {region}: {st['verified']}/{st['tasks']} verified, p50 {st['p50_ms']:.1f} ms "
+            f"(coordinator {st['coordinator'][-8:]}, epoch {st['epoch']})"
+        )
     console.print(
         f"{summary['tasks_per_s']} verified tasks/s over {summary['wall_s']} s; per worker: {summary['tasks_per_worker']}"
     )
@@ -314,10 +458,33 @@ async def _demo(workers: int, tasks: int, json_path: str | None, seed: int) -> d
     return summary
 
 
-def run_demo(workers: int = 3, tasks: int = 200, json_path: str | None = None, seed: int = 1) -> int:
+def _region_figures(outcomes: list[TaskOutcome]) -> dict[str, Any]:
+    lat = [o.latency_ms for o in outcomes if o.ok]
+    return {"tasks": len(outcomes), "verified": len(lat), "p50_ms": round(_pct(lat, 50), 2)}
+
+
+def run_demo(
+    workers: int = 4,
+    tasks: int = 200,
+    json_path: str | None = None,
+    seed: int = 1,
+    regions: tuple[str, ...] = ("eu", "us"),
+    direct: bool = False,
+) -> int:
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
     if tasks < 1:
         raise ConfigError("--tasks must be at least 1")
-    summary = trio.run(_demo, workers, tasks, json_path, seed)
+    if not direct:
+        if not regions or any(not r or not r.replace("-", "").replace("_", "").isalnum() for r in regions):
+            raise ConfigError(
+                "--regions takes comma-separated names such as eu,us (letters, digits, - and _)"
+            )
+        if len(set(regions)) != len(regions):
+            raise ConfigError(f"--regions lists a region twice: {','.join(regions)}")
+        if workers < len(regions):
+            raise ConfigError(
+                f"--workers {workers} cannot fill {len(regions)} regions: give at least one worker per region"
+            )
+    summary = trio.run(_demo, workers, tasks, json_path, seed, tuple(regions), direct)
     return 0 if summary["failed"] == 0 else 1

@@ -39,6 +39,25 @@ def test_demo_runs_every_kind_and_writes_json(tmp_path: Path) -> None:
     assert figures["verified"] == 40 and figures["failed"] == 0
     assert set(figures["per_kind"]) >= {"echo", "upscale", "physics_step", "pathfind", "flocking", "raytrace"}
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+    # the tasks took the mesh path: two regions, each with an elected coordinator whose
+    # gamer's tasks all verified
+    assert figures["path"] == "mesh", proc.stdout[-2000:]
+    assert set(figures["regions"]) == {"eu", "us"}
+    for region in figures["regions"].values():
+        assert region["coordinator"] and region["epoch"] >= 1 and region["members"] == 1
+        assert region["tasks"] == region["verified"] == 20
+
+
+def test_demo_rejects_impossible_region_plans(tmp_path: Path) -> None:
+    env = dict(os.environ, P2C2R_HOME=str(tmp_path))
+    for args, hint in (
+        (["--workers", "1", "--regions", "eu,us"], "at least one worker per region"),
+        (["--regions", "eu,eu"], "lists a region twice"),
+        (["--regions", "eu,/x"], "comma-separated names"),
+    ):
+        proc = subprocess.run([*DEMO, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert hint in proc.stdout + proc.stderr
 
 
 def test_ctrl_c_stops_the_demo_and_every_worker(tmp_path: Path) -> None:
