@@ -28,12 +28,19 @@ GossipSub is configured deliberately, each choice for a measured py-libp2p 0.8.1
   delivered or forwarded (a rejected message reaches no one); rejections are counted.
 - **subscriptions are cancelled explicitly** on exit: pubsub subscriptions do not end when
   the service stops (0.8.1), so the reader tasks live in our nursery.
+
+Evidence (``nodes.evidence.EvidenceGossip``) rides on ``/p2c2r/evidence`` with an
+*asynchronous* validator (``subscribe_async``): a receiver re-verifies a claim that a worker
+cheated (which may mean re-running a kernel off the event loop) before GossipSub delivers or
+forwards it, so forged evidence stops at the first hop. Its messages are bounded by
+``EVIDENCE_MAX_BYTES`` (24 KiB: one message with its protobuf envelope fits the 32 KiB
+inbound RPC cap of ``4 x max_message_bytes``); evidence is rare (one message per caught key).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,11 +50,17 @@ log = logging.getLogger("p2c2r.mesh.gossip")
 
 REGION_TOPIC_PREFIX = "/p2c2r/region/"
 SUMMARY_TOPIC = "/p2c2r/summaries"
+#: Signed evidence that a worker returned a wrong result (``nodes.evidence``).
+EVIDENCE_TOPIC = "/p2c2r/evidence"
+#: Largest evidence message on gossip (see the module docstring).
+EVIDENCE_MAX_BYTES = 24 * 1024
 
 #: A validator returns ``None`` to accept, or a short reason (a counter name) to reject.
 TopicValidator = Callable[[bytes], str | None]
 #: Called with (origin peer id as base58, data) for each accepted message.
 TopicHandler = Callable[[str, bytes], None]
+#: ``await validator(origin peer id as base58, data)``: ``None`` accepts, a reason rejects.
+AsyncTopicValidator = Callable[[str, bytes], Awaitable[str | None]]
 
 
 def region_topic(region: str) -> str:
@@ -57,6 +70,20 @@ def region_topic(region: str) -> str:
 class GossipPort(Protocol):
     async def subscribe(self, topic: str, validator: TopicValidator, handler: TopicHandler) -> None:
         """Deliver every message on ``topic`` that ``validator`` accepts to ``handler``."""
+        ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+class AsyncGossipPort(Protocol):
+    """A gossip port whose validators may wait (``Libp2pGossip``, ``mesh.memory_gossip``)."""
+
+    async def subscribe_async(
+        self, topic: str, validator: AsyncTopicValidator, handler: TopicHandler, *, max_bytes: int
+    ) -> None:
+        """Deliver and forward only messages of at most ``max_bytes`` that ``validator`` accepts."""
         ...
 
     async def publish(self, topic: str, data: bytes) -> None: ...
@@ -129,7 +156,6 @@ class Libp2pGossip:
                     self._pubsub = None
 
     async def subscribe(self, topic: str, validator: TopicValidator, handler: TopicHandler) -> None:
-        from libp2p.peer.id import ID
 
         pubsub, nursery = self._pubsub, self._nursery
         if pubsub is None or nursery is None:
@@ -149,18 +175,52 @@ class Libp2pGossip:
 
         pubsub.set_topic_validator(topic, validate, False)
         sub = await pubsub.subscribe(topic)
+        nursery.start_soon(self._read, sub, handler)
 
-        async def reader() -> None:
-            async for msg in sub:
-                try:
-                    origin = ID(bytes(msg.from_id)).to_base58()
-                except Exception:
-                    self._count("gossip_bad_origin")
-                    continue
-                self._count("gossip_received")
-                handler(origin, bytes(msg.data))
+    async def subscribe_async(
+        self, topic: str, validator: AsyncTopicValidator, handler: TopicHandler, *, max_bytes: int
+    ) -> None:
+        """Like ``subscribe`` with a validator that may wait (GossipSub runs it in its own
+        task per message, within its 5 s validation timeout; a message it rejects or that
+        times out is neither delivered nor forwarded). ``max_bytes`` replaces
+        ``max_message_bytes`` for this topic; keep it under the inbound RPC cap."""
+        from libp2p.peer.id import ID
 
-        nursery.start_soon(reader)
+        pubsub, nursery = self._pubsub, self._nursery
+        if pubsub is None or nursery is None:
+            raise RuntimeError("gossip is not running")
+
+        async def validate(_forwarder: Any, msg: Any) -> bool:
+            data = bytes(msg.data)
+            if len(data) > max_bytes:
+                self._count("gossip_oversized")
+                return False
+            try:
+                origin = ID(bytes(msg.from_id)).to_base58()
+            except Exception:
+                self._count("gossip_bad_origin")
+                return False
+            why = await validator(origin, data)
+            if why is not None:
+                self._count(f"gossip_{why}")
+                return False
+            return True
+
+        pubsub.set_topic_validator(topic, validate, True)
+        sub = await pubsub.subscribe(topic)
+        nursery.start_soon(self._read, sub, handler)
+
+    async def _read(self, sub: Any, handler: TopicHandler) -> None:
+        from libp2p.peer.id import ID
+
+        async for msg in sub:
+            try:
+                origin = ID(bytes(msg.from_id)).to_base58()
+            except Exception:
+                self._count("gossip_bad_origin")
+                continue
+            self._count("gossip_received")
+            handler(origin, bytes(msg.data))
 
     async def publish(self, topic: str, data: bytes) -> None:
         pubsub = self._pubsub

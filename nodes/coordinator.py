@@ -11,6 +11,12 @@ with ``now``; outputs are ``(peer, message)`` pairs drained with ``poll``. Lease
 are keyed by (gamer, request id) so that two gamers' ids never collide, and every request
 gets exactly one answer: a grant, a refusal, or a redirect to another region's coordinator
 (overflow). Times on the wire are relative (``ttl_s``, ``within_s``), never timestamps.
+
+Reputation: with ``SchedulerConfig.trust`` set (``nodes.node`` sets it to this node's
+``Reputation``), banned workers get no lease and trust weighs placement (see
+``nodes.scheduler``). The latencies gamers piggyback (``LeaseRequest.observed``) are results
+those gamers verified, so each one also counts as a small positive observation for the
+worker's trust (``TrustView.observed``); worker-reported load samples never do.
 """
 
 from __future__ import annotations
@@ -98,9 +104,12 @@ class Coordinator:
         self.now = now
         for lease_id in req.release:
             self.scheduler.release(lease_id, now)
+        trust = self.config.trust
         for worker, kind, latency in req.observed:
             self.observed_samples += 1
             self.scheduler.on_completion(worker, kind, latency, now)
+            if trust is not None and worker != gamer:
+                trust.observed(worker, now)
         key = f"{gamer}:{req.request_id}"
         if len(self._open) >= MAX_OPEN_REQUESTS and key not in self._open:
             self._out.append((gamer, LeaseRefused(req.request_id, "rejected", "coordinator is overloaded")))

@@ -6,6 +6,11 @@ plane (``nodes.control``: membership, election, coordinator) runs on every node,
 GossipSub (``mesh.gossip``) and the Kademlia DHT (``mesh.discovery``) started on the host
 *before* any peer is dialled, because py-libp2p's pubsub only learns of peers that connect
 after it starts. mDNS is opt-in (``NodeConfig.mdns``).
+
+Trust: the node's ``Reputation`` (``Worker.reputation``, fed by verified evidence) is kept
+in ``<home>/reputation.json`` across restarts (``nodes.reputation_store``), shared with the
+mesh over the GossipSub evidence topic (``nodes.evidence.EvidenceGossip``), and consulted by
+this node's coordinator for every lease (``with_trust``: banned workers get none).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -23,7 +28,10 @@ from mesh.gossip import Libp2pGossip
 from mesh.identity import Identity, load_or_create
 from mesh.libp2p_host import HostConfig, Libp2pHost, open_host
 from nodes.control import ControlConfig, ControlService, FileVoteStore, LocalLoad
+from nodes.evidence import EvidenceGossip
 from nodes.metrics import serve_metrics
+from nodes.reputation import Reputation, ReputationTrust
+from nodes.reputation_store import persist_reputation
 from nodes.worker import Worker, WorkerConfig
 from tasks.registry import Registry, default_registry
 
@@ -48,6 +56,8 @@ class NodeConfig:
     dht_refresh_s: float = 30.0
     #: Serve Prometheus metrics on 127.0.0.1 at this port (0: any free port; None: off).
     metrics_port: int | None = None
+    #: Keep bans and scores in ``reputation.json`` beside the key file across restarts.
+    persist_reputation: bool = True
 
 
 @dataclass
@@ -60,6 +70,8 @@ class Node:
     discovery: Libp2pDiscovery
     #: Port of the local ``/metrics`` endpoint, when enabled.
     metrics_port: int | None = None
+    #: Evidence shared over GossipSub (``nodes.evidence``).
+    evidence_gossip: EvidenceGossip | None = None
 
     @property
     def peer_id(self) -> str:
@@ -80,8 +92,13 @@ async def open_node(config: NodeConfig, *, registry: Registry | None = None) -> 
     async with open_host(identity, config.host) as host, trio.open_nursery() as nursery:
         worker = Worker(host, identity, registry, config.worker)
         await nursery.start(worker.run)
+        if config.persist_reputation:
+            home = config.key_file.expanduser().parent
+            await nursery.start(persist_reputation, worker.reputation, home / "reputation.json")
         gossip = Libp2pGossip(host.raw)
         await nursery.start(gossip.run)
+        evidence_gossip = EvidenceGossip(gossip, worker.evidence, identity.peer_id_bytes, identity.sign)
+        await nursery.start(evidence_gossip.run)
         discovery = Libp2pDiscovery(host.raw, identity.sign)
         await nursery.start(discovery.run)
 
@@ -91,7 +108,7 @@ async def open_node(config: NodeConfig, *, registry: Registry | None = None) -> 
         control = ControlService(
             host,
             identity,
-            config.control,
+            with_trust(config.control, worker.reputation),
             load_fn=worker_load(worker, registry, config.slots_per_core),
             gossip=gossip,
             votes=FileVoteStore(config.key_file.expanduser().parent),
@@ -103,7 +120,7 @@ async def open_node(config: NodeConfig, *, registry: Registry | None = None) -> 
                 await host.connect(addr)
             except Exception as exc:
                 log.warning("could not connect to %s: %s", addr, exc)
-        node = Node(identity, host, worker, registry, control, discovery)
+        node = Node(identity, host, worker, registry, control, discovery, evidence_gossip=evidence_gossip)
         if config.metrics_port is not None:
             node.metrics_port = await nursery.start(
                 serve_metrics, worker.metrics, "127.0.0.1", config.metrics_port
@@ -122,6 +139,11 @@ async def open_node(config: NodeConfig, *, registry: Registry | None = None) -> 
             if stop_mdns is not None:
                 stop_mdns()
             nursery.cancel_scope.cancel()
+
+
+def with_trust(config: ControlConfig, reputation: Reputation) -> ControlConfig:
+    """``config`` whose coordinator consults ``reputation`` (bans exclude, trust weighs)."""
+    return replace(config, scheduler=replace(config.scheduler, trust=ReputationTrust(reputation)))
 
 
 def worker_load(worker: Worker, registry: Registry, slots_per_core: int) -> Callable[[], LocalLoad]:

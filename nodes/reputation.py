@@ -63,11 +63,14 @@ __all__ = [
     "Evidence",
     "InvalidEvidenceError",
     "PeerRecord",
+    "PeerState",
     "Proof",
     "Reputation",
     "ReputationConfig",
+    "ReputationTrust",
     "SignedResult",
     "evidence_digest",
+    "incident_key",
     "make_evidence",
     "verify_evidence",
 ]
@@ -235,6 +238,16 @@ def evidence_digest(ev: Evidence) -> bytes:
     return hashlib.sha256(_EVIDENCE_DOMAIN + struct.pack(">I", len(body)) + body).digest()
 
 
+def incident_key(ev: Evidence) -> bytes:
+    """Names the accused signed result, whoever reports it and however it is trimmed:
+    two pieces of evidence about the same wrong answer share it (one offence, verified once)."""
+    b = ev.bad
+    h = hashlib.sha256(b"p2c2r/incident/v1\x00")
+    for part in (b.worker, b.task_id, b.output_digest, b.signature):
+        h.update(struct.pack(">I", len(part)) + part)
+    return h.digest()
+
+
 def _want_bytes(x: Any, what: str, limit: int, *, exact: bool = False) -> bytes:
     if not isinstance(x, bytes) or len(x) > limit or (exact and len(x) != limit):
         size = f"exactly {limit}" if exact else f"at most {limit}"
@@ -387,6 +400,23 @@ class PeerRecord:
     evidence: list[Evidence] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """One peer's record as it survives a restart (``Reputation.export``/``restore``).
+
+    Times are relative to the ``now`` of the export, so a shell can store them against
+    any clock: ``age_s`` since the score was last updated (it keeps decaying across the
+    downtime), ``ban_left_s`` until the ban ends (0: not banned). Evidence is not kept.
+    """
+
+    peer: bytes
+    score: float
+    age_s: float
+    verified: int = 0
+    offences: int = 0
+    ban_left_s: float = 0.0
+
+
 class Reputation:
     """Local trust scores, bans and evidence. Sans-IO: every call takes ``now``."""
 
@@ -395,6 +425,8 @@ class Reputation:
         self._peers: OrderedDict[bytes, PeerRecord] = OrderedDict()
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._rate = math.log(2) / config.half_life_s if config.half_life_s > 0 else 0.0
+        #: Bumped by every change of a score, ban or offence count (persistence saves on change).
+        self.changes = 0
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -456,12 +488,14 @@ class Reputation:
         g = 1.0 - (1.0 - self.config.gain) ** max(0.0, weight)
         rec.score = min(1.0, rec.score + g * (1.0 - rec.score))
         rec.verified += 1
+        self.changes += 1
         return rec.score
 
     def record_fault(self, peer: bytes, now: float) -> float:
         """A soft fault (no transferable proof): cut the score, no ban."""
         rec = self._get(peer, now)
         rec.score *= 1.0 - self.config.soft_loss
+        self.changes += 1
         return rec.score
 
     def ban(
@@ -474,6 +508,7 @@ class Reputation:
         """
         c = self.config
         rec = self._get(peer, now)
+        self.changes += 1
         if duration_s is not None:
             rec.score = 0.0
             rec.banned_until = max(rec.banned_until, now + duration_s)
@@ -529,10 +564,121 @@ class Reputation:
         self.ban(evidence.accused, now, evidence)
         return proof
 
+    def export(self, now: float, limit: int | None = None) -> list[PeerState]:
+        """The records worth keeping across a restart: every active ban, every peer with
+        an offence on file, every score away from ``prior``; bans first, then by score,
+        at most ``limit`` (default ``max_peers``). Evidence is not exported."""
+        c = self.config
+        out: list[tuple[tuple[int, float, bytes], PeerState]] = []
+        for peer, rec in self._peers.items():
+            score = self.trust(peer, now) if rec.banned_until <= now else 0.0
+            if rec.banned_until <= now and rec.offences == 0 and abs(score - c.prior) < 1e-4:
+                continue
+            left = max(0.0, rec.banned_until - now) if math.isfinite(rec.banned_until) else 0.0
+            st = PeerState(peer, score, 0.0, rec.verified, rec.offences, left)
+            out.append(((0 if left > 0 else 1, -score, peer), st))
+        out.sort(key=lambda x: x[0])
+        return [st for _, st in out[: c.max_peers if limit is None else limit]]
+
+    def restore(self, states: list[PeerState], now: float) -> int:
+        """Load exported records (e.g. read back from a file): returns how many were taken.
+
+        Values are clamped, not trusted: scores to ``[0, 1]``, bans to ``ban_max_s`` from
+        ``now``; a record already in the table keeps its score and gains the longer ban
+        and the larger offence count. Records with non-finite numbers are skipped.
+        """
+        c = self.config
+        taken = 0
+        for st in states:
+            nums = (st.score, st.age_s, st.ban_left_s)
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in nums):
+                continue
+            if not isinstance(st.peer, bytes) or not 0 < len(st.peer) <= MAX_PEER_ID_LEN:
+                continue
+            until = now + min(st.ban_left_s, c.ban_max_s) if st.ban_left_s > 0 else -math.inf
+            existing = self._peers.get(st.peer)
+            if existing is not None:
+                existing.banned_until = max(existing.banned_until, until)
+                existing.offences = max(existing.offences, max(0, int(st.offences)))
+            else:
+                if len(self._peers) >= c.max_peers:
+                    self._evict(now)
+                self._peers[st.peer] = PeerRecord(
+                    score=min(1.0, max(0.0, float(st.score))),
+                    updated=now - max(0.0, float(st.age_s)),
+                    verified=max(0, int(st.verified)),
+                    offences=max(0, int(st.offences)),
+                    banned_until=until,
+                )
+            taken += 1
+        if taken:
+            self.changes += 1
+        return taken
+
     def next_deadline(self, now: float) -> float | None:
         """When the earliest active ban ends (a shell may re-admit the peer then)."""
         ends = [r.banned_until for r in self._peers.values() if r.banned_until > now]
         return min(ends) if ends else None
+
+
+class ReputationTrust:
+    """A ``Reputation`` as the coordinator's ``nodes.scheduler.TrustView`` (peer ids as
+    base58 strings, as the control plane names them).
+
+    ``observed`` (a gamer verified a result of this worker) counts as ``observe_weight`` of
+    an independently verified result, at most once per worker per ``observe_interval_s``:
+    gamers are strangers too, so a flood of reports from one of them moves a score slowly.
+    """
+
+    def __init__(
+        self,
+        reputation: Reputation,
+        *,
+        observe_weight: float = 0.25,
+        observe_interval_s: float = 5.0,
+        max_ids: int = 65_536,
+    ) -> None:
+        self.reputation = reputation
+        self.observe_weight = observe_weight
+        self.observe_interval_s = observe_interval_s
+        self._ids: OrderedDict[str, bytes | None] = OrderedDict()
+        self._last_observed: OrderedDict[str, float] = OrderedDict()
+        self._max_ids = max_ids
+
+    def _peer(self, worker: str) -> bytes | None:
+        pid = self._ids.get(worker)
+        if pid is None and worker not in self._ids:
+            from mesh.identity import peer_id_from_str  # py-libp2p: only where ids are strings
+
+            try:
+                pid = peer_id_from_str(worker)
+            except Exception:  # a name that is no peer id has no reputation (trust 0)
+                pid = None
+            self._ids[worker] = pid
+            if len(self._ids) > self._max_ids:
+                self._ids.popitem(last=False)
+        return pid
+
+    def is_banned(self, worker: str, now: float) -> bool:
+        pid = self._peer(worker)
+        return pid is not None and self.reputation.is_banned(pid, now)
+
+    def trust(self, worker: str, now: float) -> float:
+        pid = self._peer(worker)
+        return self.reputation.config.initial if pid is None else self.reputation.trust(pid, now)
+
+    def observed(self, worker: str, now: float) -> None:
+        last = self._last_observed.get(worker)
+        if last is not None and now - last < self.observe_interval_s:
+            return
+        pid = self._peer(worker)
+        if pid is None:
+            return
+        self._last_observed[worker] = now
+        self._last_observed.move_to_end(worker)
+        if len(self._last_observed) > self._max_ids:
+            self._last_observed.popitem(last=False)
+        self.reputation.record_verified(pid, now, weight=self.observe_weight)
 
 
 def make_evidence(

@@ -36,6 +36,15 @@ per-worker service time (the history). The fixed 0.4/0.3/0.2/0.1 weighted score,
 round-robin, least-loaded and power-of-two choices are kept behind the same ``PlacementPolicy``
 interface for the simulator to compare against.
 
+Trust (``SchedulerConfig.trust``, a ``TrustView`` over the node's ``nodes.reputation``
+table, set by ``nodes.node``): a worker the view bans gets no lease, whatever its capacity
+(its leases already granted run out on their own), and is placeable again when the ban
+expires; when every live worker of a kind is banned the request is refused with
+``UnavailableError`` at once. The default policy scales a worker's predicted completion by
+``1 + distrust_factor * (1 - trust)``: a new identity (trust 0) counts as ``1 + f`` times
+slower than a fully trusted worker, so it gets work when trusted workers are busy, and earns
+its way up. Without a view every worker has trust 1 and nothing changes.
+
 Invariants (checked by the property tests): a lease is only ever granted on a live worker that
 advertises the kind with enough free slots; the slots in use on a worker never exceed its
 capacity at grant time; every submitted request ends in exactly one of granted, refused or
@@ -79,9 +88,24 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "SchedulerEffect",
+    "TrustView",
     "WorkerView",
     "policy_by_name",
 ]
+
+
+class TrustView(Protocol):
+    """What the scheduler asks about a worker's reputation (``nodes.reputation`` behind it)."""
+
+    def is_banned(self, worker: str, now: float) -> bool: ...
+
+    def trust(self, worker: str, now: float) -> float:
+        """In ``[0, 1]``; 0 for a key never seen."""
+        ...
+
+    def observed(self, worker: str, now: float) -> None:
+        """A gamer reported a result of ``worker`` it verified (``LeaseRequest.observed``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,10 @@ class SchedulerConfig:
     summary_ttl_s: float = 3.0
     #: Latencies above this are treated as broken measurements and ignored.
     max_latency_s: float = 60.0
+    #: The node's reputation, live (bans exclude, trust weighs); None: everyone trusted.
+    trust: TrustView | None = field(default=None, compare=False, repr=False)
+    #: An untrusted worker's predicted completion counts ``1 + distrust_factor`` times longer.
+    distrust_factor: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +221,8 @@ class WorkerView:
     service_s: float
     rtt_s: float
     affinity: bool
+    #: The coordinator's trust in this worker, ``[0, 1]`` (1 without a ``TrustView``).
+    trust: float = 1.0
 
     @property
     def free(self) -> int:
@@ -223,15 +253,20 @@ class PredictedCompletion:
 
     name = "predicted"
 
-    def __init__(self, affinity_bonus_s: float = 0.005) -> None:
+    def __init__(self, affinity_bonus_s: float = 0.005, distrust_factor: float = 1.0) -> None:
         self.affinity_bonus_s = affinity_bonus_s
+        self.distrust_factor = distrust_factor
 
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerView], rng: random.Random
     ) -> WorkerView:
+        f = self.distrust_factor
         return min(
             candidates,
-            key=lambda w: (w.predicted_s - (self.affinity_bonus_s if w.affinity else 0.0), w.worker),
+            key=lambda w: (
+                w.predicted_s * (1.0 + f * (1.0 - w.trust)) - (self.affinity_bonus_s if w.affinity else 0.0),
+                w.worker,
+            ),
         )
 
 
@@ -364,7 +399,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         if self.policy is None:
-            self.policy = PredictedCompletion(self.config.affinity_bonus_s)
+            self.policy = PredictedCompletion(self.config.affinity_bonus_s, self.config.distrust_factor)
         self._workers: dict[str, _Worker] = {}
         self._by_kind: dict[str, list[str]] = {}  # kind -> sorted worker ids advertising it
         self._free_by_kind: dict[str, list[str]] = {}  # kind -> sorted ids with a free slot of it
@@ -570,6 +605,11 @@ class Scheduler:
                 self._refuse(req, UnavailableError, f"no live worker runs {kind!r}")
                 continue
             if not self._place(req, now):
+                if self._all_banned(kind, now):
+                    heapq.heappop(q)
+                    self._queued.pop(req.request_id, None)
+                    self._refuse(req, UnavailableError, f"every live worker running {kind!r} is banned")
+                    continue
                 return  # EDF: the head waits for room; later deadlines wait behind it
             heapq.heappop(q)
             self._queued.pop(req.request_id, None)
@@ -585,9 +625,9 @@ class Scheduler:
                 j = bisect_left(ids, req.affinity)
                 if j < len(ids) and ids[j] == req.affinity:
                     picked.add(j)
-            views = self._views(req, [ids[j] for j in sorted(picked)])
+            views = self._views(req, [ids[j] for j in sorted(picked)], now)
         if not views:
-            views = self._views(req, ids)  # a small pool, or no sampled worker had ``slots`` free
+            views = self._views(req, ids, now)  # a small pool, or no sampled worker had ``slots`` free
         if not views:
             return False
         assert self.policy is not None
@@ -614,8 +654,16 @@ class Scheduler:
         self._effects.append(LeaseGranted(lease))
         return True
 
-    def _views(self, req: PlacementRequest, pool: Sequence[str]) -> list[WorkerView]:
+    def _all_banned(self, kind: str, now: float) -> bool:
+        trust = self.config.trust
+        if trust is None:
+            return False
+        ids = self._by_kind.get(kind, ())
+        return bool(ids) and all(trust.is_banned(w, now) for w in ids)
+
+    def _views(self, req: PlacementRequest, pool: Sequence[str], now: float) -> list[WorkerView]:
         kind = req.kind
+        trust = self.config.trust
         slots = req.slots
         here = req.gamer_coord
         affinity = req.affinity
@@ -629,6 +677,11 @@ class Scheduler:
             used = w.in_use.get(kind, 0)
             if cap - used < slots:
                 continue
+            t = 1.0
+            if trust is not None:
+                if trust.is_banned(wid, now):
+                    continue
+                t = trust.trust(wid, now)
             coord = w.coord
             rtt = 0.0 if coord is None or here is None else estimate_rtt(coord, here)
             svc = service.get((wid, kind))
@@ -642,6 +695,7 @@ class Scheduler:
                     kind_default if svc is None else svc,
                     rtt,
                     wid == affinity,
+                    t,
                 )
             )
         return views
