@@ -4,10 +4,19 @@ Everything written here is a pure function of the results (no wall-clock time, f
 formatting, policies in scenario order), so the same scenario and seed give byte-identical files.
 
 Definitions used in the summary and the targets table
-    * throughput: tasks whose result came back (in time or not) per simulated second, after
-      warm-up; ``goodput``: those that met their deadline and were not caught cheating;
-    * latency: submit to verified result at the gamer, over tasks with a result;
+    * outcomes (the gamer's verification core ends every task with ``Resolve`` or ``Reject``):
+      ``ok`` verified in time; ``wrong`` resolved but the output is a forgery (a wrong result
+      accepted); ``late`` the deadline passed first (``TaskTimeoutError``, including
+      ``VerificationTimeoutError``: an answer came but not its confirmation); ``caught``
+      rejected by verification (``VerificationError``: answers that could not be confirmed);
+      ``lost`` rejected otherwise (no worker left); ``unplaced`` never sent (no lease in time,
+      or the gamer's uplink could not send it before its deadline);
+    * throughput: tasks resolved (ok + wrong) per simulated second, after warm-up;
+    * latency: submit to verified result at the gamer, over resolved tasks;
     * deadline miss rate: (late + lost + unplaced + caught) / submitted;
+    * verification: the gamers' ``VerificationStats`` summed, who got banned, and the busy
+      seconds workers spent per copy role; ``extra_work_share`` = busy seconds of duplicates,
+      tie-breakers, replacements and probes / busy seconds of primaries;
     * utilisation: busy slot-seconds / online slot-seconds of all workers;
     * control share: control bytes / (control + task bytes), all on-the-wire bytes.
 """
@@ -70,7 +79,7 @@ def summarise(world: World, res: SimResult) -> dict[str, Any]:
     tf = task_frame(world, res)
     out = tf["outcome"]
     lat = tf["latency"]
-    has_result = np.isin(out, [0, 1, 4, 5])
+    has_result = np.isin(out, [0, 4])
     n = len(out)
     counts = {name: int((out == i).sum()) for i, name in enumerate(OUTCOMES)}
     span = max(scn.duration_s - scn.output.warmup_s, 1e-9)
@@ -109,7 +118,7 @@ def summarise(world: World, res: SimResult) -> dict[str, Any]:
         "submitted": n,
         "outcomes": counts,
         "throughput_tps": _r(thr, 3),
-        "goodput_tps": _r((counts["ok"] + counts["wrong"]) / span, 3),
+        "goodput_tps": _r(counts["ok"] / span, 3),
         "tasks_per_s_per_100_peers": _r(thr * 100.0 / scn.peers.count, 3),
         "latency_ms": {q: _r(_pct(lat_ms, float(q[1:])), 3) for q in ("p50", "p95", "p99")},
         "simple_p50_ms": _r(_pct(simple_ms, 50), 3),
@@ -135,8 +144,18 @@ def summarise(world: World, res: SimResult) -> dict[str, Any]:
             "max": _r(float(np.max(failover_gaps)), 3) if failover_gaps else None,
         },
         "per_workload": per_workload,
+        "verification": _verification(res),
         "counters": res.counters,
     }
+
+
+def _verification(res: SimResult) -> dict[str, Any]:
+    v = res.verification
+    primary = v.get("busy_s_primary", 0.0)
+    extra = sum(b for k, b in v.items() if k.startswith("busy_s_") and k != "busy_s_primary")
+    out: dict[str, Any] = {k: (int(x) if float(x).is_integer() else round(x, 3)) for k, x in v.items()}
+    out["extra_work_share"] = _r(extra / primary) if primary > 0 else None
+    return out
 
 
 def _direct_hb(res: SimResult, w0: int) -> float:
@@ -248,7 +267,7 @@ def interval_rows(world: World, res: SimResult) -> list[list[str]]:
     for i in range(n):
         idx = order[bounds[i] : bounds[i + 1]]
         o = out[idx]
-        has = np.isin(o, [0, 1, 4, 5])
+        has = np.isin(o, [0, 4])
         lm = lat[idx][has] * 1000.0
         missed = int(np.isin(o, [1, 2, 3, 5]).sum())
         cap = res.capacity[i]

@@ -124,10 +124,27 @@ class ControlSpec:
 
 @dataclass(frozen=True)
 class VerificationSpec:
-    #: Fraction of results the gamer spot-checks (recompute / known answer).
-    spot_check_rate: float = 0.05
-    #: Probability that a malicious worker returns a wrong result.
+    """How gamers verify (the real ``nodes.verification`` / ``nodes.reputation`` cores) and how
+    malicious workers cheat."""
+
+    #: "core": ``VerificationConfig()`` (the SDK's default policy) with ``config`` overrides;
+    #: "off": ``VerificationConfig.off()`` (signatures only; the core still places every task).
+    policy: str = "core"
+    #: ``VerificationConfig`` field overrides, e.g. ``{ dup_floor = 0.1 }``.
+    config: tuple[tuple[str, Any], ...] = ()
+    #: ``ReputationConfig`` field overrides (gamers' and coordinators' reputations).
+    reputation: tuple[tuple[str, Any], ...] = ()
+    #: Probability that a malicious worker returns a wrong result for a task.
     cheat_rate: float = 1.0
+    #: Share of wrong results the kind's cheap self-check rejects (the rest are plausible
+    #: forgeries only redundancy, probes or a re-run can catch). Deterministic per output.
+    self_check_detect: float = 0.5
+    #: Malicious workers return the same wrong output for the same task (they collude), so
+    #: two of them paired as duplicates agree.
+    collude: bool = False
+    #: Evidence a gamer's core produces goes to the other gamers of its region and to its
+    #: coordinator (each verifies it and applies it to its own ``Reputation``).
+    share_evidence: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,8 @@ class WorkloadSpec:
     share: float = 1.0
     #: Periodic rate choices (one drawn per instance); ignored for closed-loop batch work.
     rate_hz: tuple[float, ...] = (30.0,)
+    #: Per-task deadline; 0: the caller gives none, so the gamer's ``AdaptiveTimeouts``
+    #: (``nodes.sdk_cores``) sets it from the kind's observed latencies.
     deadline_ms: float = 100.0
     priority: int = 1
     #: > 0: closed-loop batch work with this many tasks in flight per instance.
@@ -282,14 +301,36 @@ def _peers(d: Mapping[str, Any]) -> PeersSpec:
     return spec
 
 
+def _verification(d: Mapping[str, Any]) -> VerificationSpec:
+    from nodes.reputation import ReputationConfig
+    from nodes.verification import VerificationConfig
+
+    d = _take(d, set(VerificationSpec.__dataclass_fields__), "verification")
+    kw = dict(d)
+    for key, cls in (("config", VerificationConfig), ("reputation", ReputationConfig)):
+        over = dict(d.get(key, {}))
+        _take(over, set(cls.__dataclass_fields__), f"verification.{key}")
+        kw[key] = tuple(sorted(over.items()))
+    spec = VerificationSpec(**kw)
+    if spec.policy not in ("core", "off"):
+        raise ConfigError("scenario [verification]: policy is 'core' or 'off'")
+    if not (0 <= spec.cheat_rate <= 1 and 0 <= spec.self_check_detect <= 1):
+        raise ConfigError("scenario [verification]: cheat_rate and self_check_detect in [0, 1]")
+    return spec
+
+
 def _workload(d: Mapping[str, Any]) -> WorkloadSpec:
     d = _take(d, set(WorkloadSpec.__dataclass_fields__), "workloads")
     kw = dict(d)
     kw["params"] = tuple(sorted(dict(d.get("params", {})).items()))
     kw["rate_hz"] = _floats(d.get("rate_hz", 30.0), "workloads.rate_hz")
     spec = WorkloadSpec(**kw)
-    if spec.lanes < 0 or spec.deadline_ms <= 0 or (spec.lanes == 0 and min(spec.rate_hz) <= 0):
+    if spec.lanes < 0 or spec.deadline_ms < 0 or (spec.lanes == 0 and min(spec.rate_hz) <= 0):
         raise ConfigError(f"scenario workload {spec.name!r}: bad lanes, rate or deadline")
+    if spec.deadline_ms == 0 and spec.lanes == 0:
+        raise ConfigError(
+            f"scenario workload {spec.name!r}: an adaptive deadline (0) needs closed-loop lanes"
+        )
     return spec
 
 
@@ -321,9 +362,7 @@ def parse_scenario(doc: Mapping[str, Any], *, base_dir: Path | None = None) -> S
             control=ControlSpec(
                 **_take(d.get("control", {}), set(ControlSpec.__dataclass_fields__), "control")
             ),
-            verification=VerificationSpec(
-                **_take(d.get("verification", {}), set(VerificationSpec.__dataclass_fields__), "verification")
-            ),
+            verification=_verification(d.get("verification", {})),
             events=tuple(
                 EventSpec(**_take(e, set(EventSpec.__dataclass_fields__), "events"))
                 for e in d.get("events", [])

@@ -42,7 +42,7 @@ import random
 from array import array
 from collections import deque
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -63,6 +63,7 @@ from mesh.election import (
     VoteRecord,
     candidate_score,
 )
+from mesh.errors import TaskTimeoutError, VerificationError
 from mesh.membership import (
     Heartbeat,
     MembershipConfig,
@@ -72,6 +73,7 @@ from mesh.membership import (
     PeerJoined,
     PeerSuspected,
 )
+from nodes.reputation import Evidence, Reputation, ReputationConfig
 from nodes.scheduler import (
     LeaseGranted,
     OverflowToRegion,
@@ -83,8 +85,23 @@ from nodes.scheduler import (
     SchedulerConfig,
     policy_by_name,
 )
+from nodes.sdk_cores import AdaptiveTimeouts, TimeoutConfig
+from nodes.verification import (
+    Cancel,
+    Penalise,
+    Probe,
+    Reject,
+    Resolve,
+    RunCheck,
+    SendTo,
+    Task,
+    VerificationConfig,
+    VerificationCore,
+    VerificationStats,
+)
 from simulations.engine import EventLoop
 from simulations.network import NetworkModel
+from simulations.trust import check_verdict, evidence_proof, right_output, sim_registry, wrong_output
 from simulations.world import World, concern_seed
 
 __all__ = ["OUTCOMES", "SimResult", "Simulation"]
@@ -106,6 +123,8 @@ CANDIDATE_REFRESH_S = 5.0
 HB_REENCODE_EVERY = 64
 #: Workloads at or above this priority class are batch work (background on the worker).
 BATCH_PRIORITY = 2
+#: A gamer notices a worker that vanished without a goodbye (its link times out) after this.
+LINK_DEAD_S = 5.0
 
 
 @dataclass
@@ -135,6 +154,10 @@ class SimResult:
     counters: dict[str, int]
     #: Every lease a gamer accepted: (request sent, lease received, worker index).
     leases: list[tuple[float, float, int]] = field(default_factory=list)
+    #: The trust figures: the gamers' ``VerificationStats`` summed (``verify_*``), bans by
+    #: who was banned (malicious or honest), coordinator bans, and the busy seconds workers
+    #: spent on each kind of copy (primary, duplicate, tie-break, replacement, probe).
+    verification: dict[str, float] = field(default_factory=dict)
     events_run: int = 0
     wall_s: float = 0.0
 
@@ -228,6 +251,52 @@ class _Lane:
         self.samples: list[tuple[int, float]] = []
 
 
+class _Gamer:
+    """One gamer's SDK: the real verification core, its reputation and adaptive timeouts."""
+
+    __slots__ = (
+        "anchored",
+        "conn",
+        "core",
+        "cur",
+        "index",
+        "lanes",
+        "lease_timeouts",
+        "node",
+        "pending",
+        "region",
+        "rep",
+        "svc_last",
+        "tick_at",
+        "timeouts",
+    )
+
+    def __init__(self, index: int, node: int, region: int, core: VerificationCore, rep: Reputation) -> None:
+        self.index = index
+        self.node = node
+        self.region = region
+        self.core = core
+        self.rep = rep
+        self.timeouts = AdaptiveTimeouts()
+        #: Lease round trips (kind "lease"): the placement request timeout.
+        self.lease_timeouts = AdaptiveTimeouts(TimeoutConfig(initial_s=REQUEST_TIMEOUT_S, minimum_s=0.25,
+                                                             maximum_s=5.0))  # fmt: skip
+        self.tick_at = math.inf
+        #: Connected workers -> the incarnation connected to.
+        self.conn: dict[int, int] = {}
+        #: User task id -> (lane, submit time).
+        self.pending: dict[bytes, tuple[_Lane, float]] = {}
+        #: The worker the lane being submitted holds a lease on (the SDK's placer answer).
+        self.cur: bytes | None = None
+        self.anchored: dict[str, int] = {}
+        self.lanes: list[_Lane] = []
+        self.svc_last: dict[int, float] = {}
+        core.placer = self.place
+
+    def place(self, kind: str, candidates: list[tuple[bytes, int]]) -> bytes | None:
+        return self.cur
+
+
 @dataclass
 class _Stream:
     index: int
@@ -246,6 +315,7 @@ class _Stream:
     slots: int
     #: Tasks a closed-loop lane keeps in flight: its slots plus the workload's ``pipeline``.
     inflight: int
+    params: dict[str, Any] = field(default_factory=dict)
     lanes: list[_Lane] = field(default_factory=list)
 
 
@@ -277,7 +347,7 @@ class Simulation:
             random.Random(concern_seed(seed, "net")),
         )
         self.rng_service = random.Random(concern_seed(seed, "service"))
-        self.rng_verify = random.Random(concern_seed(seed, "verify"))
+        self.rng_verify = random.Random(concern_seed(seed, "cheat"))
         self.rng_election = random.Random(concern_seed(seed, "election"))
         ctl = self.scn.control
         self.mem_cfg = MembershipConfig(
@@ -318,7 +388,9 @@ class Simulation:
         self.R = R
         self.peers = [_Peer(c) for c in world.peer_cores]
         self.peer_index = {pid: i for i, pid in enumerate(world.peer_ids)}
-        self.banned = [False] * world.n_peers
+        #: Peer ids as the trust cores see them (bytes), and back.
+        self.wb = [pid.encode() for pid in world.peer_ids]
+        self.wb_index = {b: i for i, b in enumerate(self.wb)}
         self.region_online = [0] * R
         self.online_slots = 0
         self.acting: list[_Coordinator | None] = [None] * R
@@ -328,7 +400,6 @@ class Simulation:
         ]
         self.voter_by_id: dict[str, _Voter] = {world.peer_ids[v.peer]: v for vs in self.voters for v in vs}
         self.persisted: dict[int, VoteRecord] = {}
-        self.leases_on: dict[int, dict[_Lane, None]] = {}
         self.req_lane: dict[str, _Lane] = {}
         gpu = dict(self.scn.peers.gpu_speedup)
         self.streams: list[_Stream] = []
@@ -351,11 +422,13 @@ class Simulation:
                 wl.lease_s or None,
                 max(1, wl.slots),
                 max(1, wl.slots) + max(0, wl.pipeline),
+                prof.params,
             )
             st.lanes = [_Lane(sd.index, k) for k in range(max(1, sd.lanes))]
             self.streams.append(st)
         self.gamer_ids = world.gamer_ids
         self.n_peers = world.n_peers
+        self._init_trust()
         sigma2 = math.log(1.0 + self.scn.peers.service_cv**2)
         self.svc_mu = -0.5 * sigma2
         self.svc_sigma = math.sqrt(sigma2)
@@ -473,6 +546,7 @@ class Simulation:
             failovers=self.failovers,
             counters=dict(sorted(self.counters.items())),
             leases=self.lease_log,
+            verification=self.trust_figures(),
             events_run=loop.events_run,
             wall_s=time.perf_counter() - wall0,
         )
@@ -549,20 +623,15 @@ class Simulation:
                 self._ctrl(self.small_bytes)
                 if d is not None:
                     self.loop.schedule(now + d, self._goodbye_arrive, c, p)
-            for lane in list(self.leases_on.get(p, {})):
-                d2 = self.net.control_delay(p, self.streams[lane.stream].gamer)
-                if d2 is not None:
-                    self.loop.schedule(now + d2, self._stream_reset, lane, p)
+        # Gamers linked to it see the stream reset (a goodbye) or the link time out.
+        for g in self.links_of.pop(p, {}):
+            d2 = self.net.control_delay(p, g.node) if graceful else None
+            self.loop.schedule(now + (d2 if d2 is not None else LINK_DEAD_S), self._link_down, g, p, inc)
 
     def _goodbye_arrive(self, c: _Coordinator, p: int) -> None:
         if c.alive:
             c.membership.on_peer_left(self.w.peer_ids[p], self.loop.now)
             self._membership_effects(c)
-
-    def _stream_reset(self, lane: _Lane, p: int) -> None:
-        if lane.worker == p:
-            self._drop_lease(lane)
-            self._maybe_request(lane)
 
     def _event(self, ev: Any) -> None:
         now = self.loop.now
@@ -720,7 +789,7 @@ class Simulation:
         # members of its region and seeds its scheduler with them (nodes.control's
         # ``_seed_coordinator``), itself included.
         for p in sorted(q for slot in self.slot_peers[r] for q in slot):
-            if self.peers[p].online and not self.banned[p]:
+            if self.peers[p].online and not self._coord_bans(c, p):
                 hb = self._peer_heartbeat(p, now)
                 if p == v.peer:
                     c.last_view[pid] = (hb.queue_depth, hb.incarnation, hb.load)
@@ -763,7 +832,7 @@ class Simulation:
             if isinstance(eff, (PeerJoined, PeerAlive)):
                 hb = eff.heartbeat
                 p = self.peer_index[hb.peer]
-                if not self.banned[p]:
+                if not self._coord_bans(c, p):
                     c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
                     sched.on_worker(
                         hb.peer,
@@ -905,7 +974,7 @@ class Simulation:
             peer.hb_count += 1
             total += peer.hb_size
             topic += peer.hb_size * topic_copies
-            if c is None or self.banned[p]:
+            if c is None:
                 continue
             if p == cpeer:
                 batch.append((hb, p))  # the coordinator's own report: no network hop
@@ -951,7 +1020,7 @@ class Simulation:
         now = self.loop.now
         mem = c.membership
         sched = c.scheduler
-        banned = self.banned
+        banned = self.coord_banned.get(c.peer)
         cap = self.w.capacity
         last_view = c.last_view
         touched = False
@@ -967,7 +1036,7 @@ class Simulation:
                     )
                     touched = True
                 continue
-            if banned[p] or not mem.on_heartbeat(hb, now):
+            if (banned and p in banned and self._coord_bans(c, p)) or not mem.on_heartbeat(hb, now):
                 continue
             effects = mem.poll_effects()
             view = (hb.queue_depth, hb.incarnation, hb.load)
@@ -1009,12 +1078,12 @@ class Simulation:
         self._maybe_request(lane)
         while lane.worker >= 0 and now < lane.lease_exp and lane.busy < st.inflight:
             lane.busy += 1
-            self._send(st, lane, now)
+            self._submit(st, lane, now)
 
     def _dispatch(self, st: _Stream, lane: _Lane, t0: float) -> None:
         self._maybe_request(lane)
         if lane.worker >= 0 and self.loop.now < lane.lease_exp:
-            self._send(st, lane, t0)
+            self._submit(st, lane, t0)
             return
         held = lane.held
         while held and held[0] + st.deadline_s <= self.loop.now:
@@ -1042,7 +1111,7 @@ class Simulation:
             gamer=self.gamer_ids[st.gamer - self.n_peers],
             kind=st.kind,
             slots=st.slots,
-            deadline=now + max(1.0, st.deadline_s),
+            deadline=now + max(1.0, st.deadline_s or self._gamer_of(st).timeouts.deadline(st.kind)),
             priority=st.priority,
             gamer_coord=self.w.coords[st.gamer],
             affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
@@ -1055,7 +1124,8 @@ class Simulation:
         d = self.net.control_delay(st.gamer, c.peer)
         if d is not None:
             self.loop.schedule(now + d, self._submit_arrive, c, req, samples)
-        self.loop.schedule(now + REQUEST_TIMEOUT_S, self._retry, lane, rid)
+        timeout = self._gamer_of(st).lease_timeouts.deadline("lease")
+        self.loop.schedule(now + timeout, self._retry, lane, rid)
 
     def _retry(self, lane: _Lane, rid: str) -> None:
         if lane.req_id != rid:
@@ -1079,6 +1149,9 @@ class Simulation:
 
     def _refused_arrive(self, lane: _Lane, rid: str) -> None:
         if lane.req_id == rid:
+            self._gamer_of(self.streams[lane.stream]).lease_timeouts.observe(
+                "lease", self.loop.now - lane.req_t
+            )
             self.req_lane.pop(rid, None)
             lane.req_id = None
             # Exponential backoff with seeded jitter, so full regions are not hammered.
@@ -1099,8 +1172,25 @@ class Simulation:
             return
         self.req_lane.pop(lease.request_id, None)
         lane.req_id = None
-        lane.backoff = RETRY_BACKOFF_S
+        g = self._gamer_of(st)
+        g.lease_timeouts.observe("lease", now - lane.req_t)
         w = self.peer_index[lease.worker]
+        if g.rep.is_banned(self.wb[w], now):
+            # Leased a worker this gamer bans: give the lease back, hand the coordinator the
+            # evidence again (as ``GamerClient.add_worker`` shares it with new links), back off.
+            self._count("leases_of_banned_workers")
+            self._release(c, lease.lease_id, st.gamer)
+            for ev in g.rep.evidence_for(self.wb[w]):
+                size = len(ev.to_wire()) + ENVELOPE_BYTES
+                self._ctrl(size)
+                d = self.net.control_delay(st.gamer, c.peer)
+                if d is not None:
+                    self.loop.schedule(now + d, self._coord_evidence, c, ev)
+            lane.req_id = lease.request_id
+            self.req_lane[lease.request_id] = lane
+            self._refused_arrive(lane, lease.request_id)
+            return
+        lane.backoff = RETRY_BACKOFF_S
         self.lease_log.append((lane.req_t, now, w))
         if lane.worker >= 0 and lane.worker != w and lane.lease_coord is not None and now < lane.lease_exp:
             self._release(lane.lease_coord, lane.lease_id, st.gamer)
@@ -1109,22 +1199,18 @@ class Simulation:
         lane.lease_id = lease.lease_id
         lane.lease_exp = lease.expires_at
         lane.lease_coord = c
-        self.leases_on.setdefault(w, {})[lane] = None
+        self._connect(g, w)
         if lane.held:
             held, lane.held = lane.held, []
             for t0 in held:
                 if t0 + st.deadline_s > now:
-                    self._send(st, lane, t0)
+                    self._submit(st, lane, t0)
                 else:
                     self._record(lane, -1, t0, math.nan, math.nan, UNPLACED)
         if st.closed:
             self._lane_next(lane)
 
     def _drop_lease(self, lane: _Lane) -> None:
-        if lane.worker >= 0:
-            on = self.leases_on.get(lane.worker)
-            if on is not None:
-                on.pop(lane, None)
         lane.worker = -1
         lane.lease_exp = 0.0
         lane.lease_coord = None
@@ -1140,12 +1226,249 @@ class Simulation:
             c.scheduler.release(lease_id, self.loop.now)
             self._sched_touch(c)
 
+    # -- trust: the gamers' verification cores -------------------------------------------
+
+    def _init_trust(self) -> None:
+        spec = self.scn.verification
+        base = VerificationConfig.off() if spec.policy == "off" else VerificationConfig()
+        self.vconf = replace(base, **dict(spec.config))
+        self.rconf = replace(ReputationConfig(), **dict(spec.reputation))
+        self.detect = spec.self_check_detect
+        self.collude = spec.collude
+        self.cheat_rate = spec.cheat_rate
+        #: The stream whose profile a probe of a kind uses (bytes, cost, priority).
+        self.kind_stream: dict[str, _Stream] = {}
+        for st in self.streams:
+            self.kind_stream.setdefault(st.kind, st)
+        self.kind_cost = {k: st.cost_s * 1000.0 for k, st in self.kind_stream.items()}
+        self.registry = sim_registry(self.kind_cost.items())
+        self.gamers: list[_Gamer] = []
+        for gi, node in enumerate(range(self.n_peers, self.n_peers + len(self.gamer_ids))):
+            rep = Reputation(self.rconf)
+            core = VerificationCore(
+                self.registry, rep, random.Random(concern_seed(self.w.seed, "verify", gi)), self.vconf
+            )
+            self.gamers.append(_Gamer(gi, node, self.w.region_of[node], core, rep))
+        for st in self.streams:
+            self.gamers[st.gamer - self.n_peers].lanes.extend(st.lanes)
+        self.gamers_in_region: list[list[_Gamer]] = [[] for _ in range(self.R)]
+        for g in self.gamers:
+            self.gamers_in_region[g.region].append(g)
+        #: Worker -> the gamers holding a link to it.
+        self.links_of: dict[int, dict[_Gamer, None]] = {}
+        #: Each coordinator node's own reputation (evidence handed to it), and whom it bans.
+        self.coord_rep: dict[int, Reputation] = {}
+        self.coord_banned: dict[int, dict[int, None]] = {}
+        self.task_seq = 0
+        #: Busy seconds by copy role ("primary", ..., "probe") and who got banned.
+        self.role_busy: dict[str, float] = {}
+        self.banned_by: dict[int, int] = {}
+
+    def _gamer_of(self, st: _Stream) -> _Gamer:
+        return self.gamers[st.gamer - self.n_peers]
+
+    def _connect(self, g: _Gamer, w: int) -> None:
+        """The gamer opens a link to worker ``w`` (``GamerClient.add_worker``)."""
+        inc = self.peers[w].inc
+        if g.conn.get(w) == inc:
+            return
+        g.conn[w] = inc
+        self.links_of.setdefault(w, {})[g] = None
+        g.core.on_worker_up(self.wb[w], self.loop.now)
+        self._drain(g)
+
+    def _link_down(self, g: _Gamer, w: int, inc: int) -> None:
+        """The gamer's link to ``w`` died (a goodbye's stream reset, or a timeout)."""
+        if g.conn.get(w) != inc:
+            return
+        del g.conn[w]
+        links = self.links_of.get(w)
+        if links is not None:
+            links.pop(g, None)
+        g.core.on_worker_down(self.wb[w], self.loop.now)
+        for lane in g.lanes:
+            if lane.worker == w:
+                self._drop_lease(lane)
+                self._maybe_request(lane)
+        self._drain(g)
+
+    def _drain(self, g: _Gamer) -> None:
+        """Carry out what the gamer's core asked for (``GamerClient._drain``), checks inline."""
+        core = g.core
+        now = self.loop.now
+        while True:
+            effs = core.poll_effects()
+            if not effs:
+                break
+            for eff in effs:
+                t = type(eff)
+                if t is SendTo:
+                    assert isinstance(eff, SendTo)
+                    item = g.pending.get(eff.task_id)
+                    lane = item[0] if item is not None else None
+                    st = self.streams[lane.stream] if lane is not None else self.kind_stream[eff.kind]
+                    self._send_copy(g, st, lane, eff.worker, eff.wire_id, eff.data, eff.role.value)
+                elif t is RunCheck:
+                    assert isinstance(eff, RunCheck)
+                    if eff.recompute:
+                        self._count("gamer_recompute_ms", round(self.kind_cost.get(eff.kind, 0.0)))
+                    core.on_check(eff.check_id, check_verdict(eff, self.detect), now)
+                elif t is Resolve:
+                    assert isinstance(eff, Resolve)
+                    self._resolved(g, eff)
+                elif t is Reject:
+                    assert isinstance(eff, Reject)
+                    self._rejected(g, eff)
+                elif t is Probe:
+                    assert isinstance(eff, Probe)
+                    self._send_copy(
+                        g, self.kind_stream[eff.kind], None, eff.worker, eff.wire_id, eff.data, "probe"
+                    )
+                elif t is Penalise:
+                    assert isinstance(eff, Penalise)
+                    self._penalise(g, eff)
+                else:
+                    assert isinstance(eff, Cancel)
+                    # The worker is told; it still runs a copy it already started (not modelled:
+                    # a cancelled copy keeps its slot, an upper bound on the extra work).
+                    self._ctrl(self.small_bytes)
+        nd = core.next_deadline()
+        if nd is not None and nd < g.tick_at:
+            g.tick_at = nd
+            self.loop.schedule(nd if nd > now else now + 1e-6, self._gamer_tick, g, nd)
+
+    def _gamer_tick(self, g: _Gamer, at: float) -> None:
+        if at != g.tick_at:
+            return
+        g.tick_at = math.inf
+        g.core.on_tick(self.loop.now)
+        self._drain(g)
+
+    def _resolved(self, g: _Gamer, eff: Resolve) -> None:
+        item = g.pending.pop(eff.task_id, None)
+        if item is None:
+            return
+        lane, t0 = item
+        st = self.streams[lane.stream]
+        w = self.wb_index[eff.worker]
+        latency = self.loop.now - t0
+        g.timeouts.observe(st.kind, latency)
+        wrong = eff.output[:1] == b"w"
+        self._record(lane, w, t0, latency, g.svc_last.get(w, math.nan), WRONG if wrong else OK)
+        lane.misses = 0
+        if st.closed:
+            lane.busy -= 1
+            self._lane_next(lane)
+
+    def _rejected(self, g: _Gamer, eff: Reject) -> None:
+        item = g.pending.pop(eff.task_id, None)
+        if item is None:
+            return
+        lane, t0 = item
+        st = self.streams[lane.stream]
+        err = eff.error
+        if isinstance(err, TaskTimeoutError):
+            outcome = LATE
+        elif isinstance(err, VerificationError):
+            outcome = CAUGHT
+        else:
+            outcome = LOST
+        self._record(lane, lane.worker, t0, math.nan, math.nan, outcome)
+        lane.misses += 1
+        if lane.misses >= MISSES_TO_DROP and lane.worker >= 0:
+            lane.misses = 0
+            self._drop_lease(lane)
+            self._maybe_request(lane)
+        if st.closed:
+            lane.busy -= 1
+            self._lane_next(lane)
+
+    def _penalise(self, g: _Gamer, eff: Penalise) -> None:
+        self._count("penalise_" + eff.reason.split(":")[0])
+        w = self.wb_index[eff.worker]
+        if eff.banned:
+            self.banned_by[w] = self.banned_by.get(w, 0) + 1
+            for lane in g.lanes:
+                if lane.worker == w:
+                    self._drop_lease(lane)
+                    self._maybe_request(lane)
+        if eff.evidence is not None and self.scn.verification.share_evidence:
+            self._share_evidence(g, eff.evidence)
+
+    def _share_evidence(self, g: _Gamer, ev: Evidence) -> None:
+        """Hand evidence to the region's coordinator and the region's other gamers."""
+        size = len(ev.to_wire()) + ENVELOPE_BYTES
+        now = self.loop.now
+        c = self.acting[g.region]
+        if c is not None:
+            self._ctrl(size)
+            d = self.net.control_delay(g.node, c.peer)
+            if d is not None:
+                self.loop.schedule(now + d, self._coord_evidence, c, ev)
+        for g2 in self.gamers_in_region[g.region]:
+            if g2 is g:
+                continue
+            self._ctrl(size)
+            d = self.net.control_delay(g.node, g2.node)
+            if d is not None:
+                self.loop.schedule(now + d, self._gamer_evidence, g2, ev)
+
+    def _proof(self, ev: Evidence) -> Any:
+        return evidence_proof(ev, self.kind_cost.get(ev.kind, math.inf), self.detect)
+
+    def _gamer_evidence(self, g: _Gamer, ev: Evidence) -> None:
+        """``GamerClient.add_evidence``: verify, apply to the reputation, ban in the core."""
+        if not g.rep.first_sight(ev):
+            return
+        proof = self._proof(ev)
+        if proof is None:
+            self._count("evidence_refused")
+            return
+        now = self.loop.now
+        if g.rep.apply_evidence(ev, proof, now) is None:
+            self._count("evidence_not_trusted")
+            return
+        g.core.ban(ev.accused, now, f"evidence:{proof.value}")
+        self._drain(g)
+
+    def _coord_evidence(self, c: _Coordinator, ev: Evidence) -> None:
+        """A coordinator node verifies evidence (``nodes.evidence.EvidenceService``) and stops
+        leasing a worker its reputation bans (a simulator shell decision: ``nodes.control``
+        does not consult the node's reputation yet)."""
+        if not c.alive:
+            return
+        rep = self.coord_rep.setdefault(c.peer, Reputation(self.rconf))
+        if not rep.first_sight(ev):
+            return
+        proof = self._proof(ev)
+        now = self.loop.now
+        if proof is None or rep.apply_evidence(ev, proof, now) is None:
+            self._count("coordinator_evidence_not_banned")
+            return
+        w = self.wb_index[ev.accused]
+        self.coord_banned.setdefault(c.peer, {})[w] = None
+        self._count("coordinator_bans")
+        pid = self.w.peer_ids[w]
+        c.last_view.pop(pid, None)
+        c.scheduler.on_worker_gone(pid, now)
+        self._sched_touch(c)
+
+    def _coord_bans(self, c: _Coordinator, p: int) -> bool:
+        banned = self.coord_banned.get(c.peer)
+        if banned is None or p not in banned:
+            return False
+        return self.coord_rep[c.peer].is_banned(self.wb[p], self.loop.now)
+
     # -- data plane ------------------------------------------------------------------------
 
-    def _send(self, st: _Stream, lane: _Lane, t0: float) -> None:
+    def _submit(self, st: _Stream, lane: _Lane, t0: float) -> None:
+        """The gamer submits one task to its verification core, which places the primary on
+        the lane's leased worker (the placer) and decides duplicates and probes."""
         now = self.loop.now
+        g = self._gamer_of(st)
         w = lane.worker
-        if self.net.link_free[st.gamer] + st.in_bytes / self.net.up_bps[st.gamer] > t0 + st.deadline_s:
+        budget = st.deadline_s if st.deadline_s > 0 else g.timeouts.deadline(st.kind)
+        if self.net.link_free[st.gamer] + st.in_bytes / self.net.up_bps[st.gamer] > t0 + budget:
             # The SDK drops work its own uplink cannot even send before the deadline.
             self._count("dropped_uplink")
             self._record(lane, w, t0, math.nan, math.nan, UNPLACED)
@@ -1153,19 +1476,37 @@ class Simulation:
                 lane.busy -= 1
                 self.loop.schedule(now + 0.05, self._lane_next, lane)
             return
+        self.task_seq += 1
+        tid = self.task_seq.to_bytes(16, "big")
+        data = tid[8:]
+        g.pending[tid] = (lane, t0)
+        g.cur = self.wb[w]
+        g.core.on_submit(Task(tid, st.kind, st.params, data, t0 + budget), now)
+        g.cur = None
+        n = g.anchored.get(st.kind, 0)
+        if n < self.vconf.anchors_per_kind and tid in g.pending:
+            # ``GamerClient._maybe_anchor``: the gamer computes a few tasks of each cheap kind
+            # itself, as the known answers trust is anchored on.
+            g.anchored[st.kind] = n + 1
+            if g.core.cheap_to_rerun(st.kind, st.params, len(data)):
+                self._count("gamer_anchor_ms", round(self.kind_cost[st.kind]))
+                g.core.add_known_answer(st.kind, st.params, data, right_output(data), now)
+        self._drain(g)
+
+    def _send_copy(
+        self, g: _Gamer, st: _Stream, lane: _Lane | None, wb: bytes, wire_id: bytes, data: bytes, role: str
+    ) -> None:
+        """One copy of a task (primary, duplicate, probe, ...) travels to worker ``wb``."""
+        now = self.loop.now
+        w = self.wb_index[wb]
+        net = self.net
         self.task_bytes[self._bucket(now)] += st.in_bytes
-        arrive = self.net.data_delay(st.gamer, w, st.in_bytes, now)
+        arrive = net.data_delay(g.node, w, st.in_bytes, now)
         peer = self.peers[w]
         if arrive is None or not peer.online or arrive >= peer.session_end:
-            self.loop.schedule(t0 + st.deadline_s, self._lost, lane, t0, w)
-            return
-        self._task_arrive(st, lane, t0, w, arrive)
-
-    def _task_arrive(self, st: _Stream, lane: _Lane, t0: float, w: int, now: float) -> None:
-        """The task reaches worker ``w`` at ``now`` (a future time: it is queued on the worker
-        when sent, which saves an event per task; FIFO order on a worker is therefore send
-        order, and a worker that dies before the result leaves is caught in ``_result``)."""
-        peer = self.peers[w]
+            return  # lost on the way: the core's deadline, hedge or link-down deals with it
+        # Queued on the worker now (its arrival time is known), which saves an event per copy;
+        # FIFO order on a worker is therefore send order.
         svc = st.cost_s / self.w.peer_speed[w]
         if self.w.peer_gpu[w]:
             svc /= st.gpu_speedup
@@ -1177,98 +1518,78 @@ class Simulation:
             wall = svc / (1.0 - min(peer.rho, 0.9))
         else:
             heap = peer.slot_free
-            busy = sum(map(now.__lt__, heap))
+            busy = sum(map(arrive.__lt__, heap))
             peer.rho += 0.05 * (busy / len(heap) - peer.rho)
             wall = svc
         free = heapq.heappop(heap)
-        start = free if free > now else now
+        start = free if free > arrive else arrive
         finish = start + wall
         heapq.heappush(heap, finish)
         peer.pending.append((start, finish))
         if finish > peer.session_end:
             self._add_busy(start, min(start + svc, max(start, peer.session_end)))
-            self.loop.schedule(max(now, t0 + st.deadline_s), self._lost, lane, t0, w)
-            return
+            return  # the worker leaves before it finishes
         self._add_busy(start, start + svc)
-        wrong = self.w.malicious[w] and self.rng_verify.random() < self.scn.verification.cheat_rate
-        net = self.net
-        if net.blocked(w, st.gamer):
-            self.loop.schedule(max(now, t0 + st.deadline_s), self._lost, lane, t0, w)
+        self.role_busy[role] = self.role_busy.get(role, 0.0) + svc
+        if net.blocked(w, g.node):
             return
+        wrong = self.w.malicious[w] and self.rng_verify.random() < self.cheat_rate
         # Results do not queue behind each other on the uplink here (they leave at their own
         # finish times, out of event order); serialisation is still paid.
-        back = finish + st.out_bytes / net.up_bps[w] + net.one_way(w, st.gamer)
+        back = finish + st.out_bytes / net.up_bps[w] + net.one_way(w, g.node)
         if net.loss > 0 and net.rng.random() < net.loss:
-            back += max(0.2, 2.0 * net.rtt(w, st.gamer))
+            back += max(0.2, 2.0 * net.rtt(w, g.node))
         self.task_bytes[self._bucket(finish)] += st.out_bytes
-        self.loop.schedule(back, self._result, lane, t0, w, finish - now, wrong, peer.inc, finish)
+        self.loop.schedule(back, self._copy_result, g, wire_id, w, svc, wrong, peer.inc, finish, data, lane)
 
-    def _result(
-        self, lane: _Lane, t0: float, w: int, svc: float, wrong: bool, inc: int, finish: float
+    def _copy_result(
+        self,
+        g: _Gamer,
+        wire_id: bytes,
+        w: int,
+        svc: float,
+        wrong: bool,
+        inc: int,
+        finish: float,
+        data: bytes,
+        lane: _Lane | None,
     ) -> None:
         peer = self.peers[w]
         if peer.inc != inc or (not peer.online and peer.session_end < finish):
-            self._lost(lane, t0, w)  # the worker died (or was killed) before it finished
-            return
-        now = self.loop.now
-        st = self.streams[lane.stream]
-        latency = now - t0
-        if wrong:
-            if self.rng_verify.random() < self.scn.verification.spot_check_rate:
-                outcome = CAUGHT
-                self._ban(st, w)
-            else:
-                outcome = WRONG
-        elif latency > st.deadline_s:
-            outcome = LATE
-        else:
-            outcome = OK
-        self._record(lane, w, t0, latency, svc, outcome)
-        if outcome == OK or outcome == WRONG:
-            lane.misses = 0
-        else:
-            lane.misses += 1
-        if len(lane.samples) < 32:
+            return  # the worker died (or was killed) before it finished
+        wb = self.wb[w]
+        out = wrong_output(data, wb, self.collude) if wrong else right_output(data)
+        if lane is not None and len(lane.samples) < 32:
             lane.samples.append((w, svc))
-        if lane.misses >= MISSES_TO_DROP and lane.worker == w:
-            lane.misses = 0
-            self._drop_lease(lane)
-            self._maybe_request(lane)
-        if st.closed:
-            lane.busy -= 1
-            self._lane_next(lane)
+        g.svc_last[w] = svc
+        g.core.on_result(wire_id, wb, out, self.loop.now)
+        self._drain(g)
 
-    def _lost(self, lane: _Lane, t0: float, w: int) -> None:
-        st = self.streams[lane.stream]
-        self._record(lane, w, t0, math.nan, math.nan, LOST)
-        lane.misses += 1
-        if lane.misses >= MISSES_TO_DROP and lane.worker == w:
-            lane.misses = 0
-            self._drop_lease(lane)
-            self._maybe_request(lane)
-        if st.closed:
-            lane.busy -= 1
-            self._lane_next(lane)
-
-    def _ban(self, st: _Stream, w: int) -> None:
-        self._count("banned")
-        for lane in list(self.leases_on.get(w, {})):
-            self._drop_lease(lane)
-        c = self.acting[st.region]
-        self._ctrl(self.small_bytes)
-        if c is None:
-            self.banned[w] = True
-            return
-        d = self.net.control_delay(st.gamer, c.peer)
-        self.loop.schedule(self.loop.now + (d if d is not None else REQUEST_TIMEOUT_S), self._ban_arrive, w)
-
-    def _ban_arrive(self, w: int) -> None:
-        if self.banned[w]:
-            return
-        self.banned[w] = True
-        pid = self.w.peer_ids[w]
-        for c in self.acting:
-            if c is not None:
-                c.last_view.pop(pid, None)
-                c.scheduler.on_worker_gone(pid, self.loop.now)
-                self._sched_touch(c)
+    def trust_figures(self) -> dict[str, float]:
+        """The run's verification figures (see ``SimResult.verification``)."""
+        tot = VerificationStats()
+        out: dict[str, float] = {}
+        for g in self.gamers:
+            st = g.core.stats
+            for f in ("submitted", "resolved", "rejected", "timeouts", "probes", "probes_passed",
+                      "probes_failed", "probe_timeouts", "self_check_failures", "mismatches",
+                      "mismatches_unproven", "unconfirmed", "bans", "late", "recomputes", "strikes",
+                      "hedges"):  # fmt: skip
+                setattr(tot, f, getattr(tot, f) + getattr(st, f))
+            for role, n in st.sends.items():
+                tot.sends[role] = tot.sends.get(role, 0) + n
+        for f, v in sorted(vars(tot).items()):
+            if isinstance(v, dict):
+                for role, n in sorted(v.items()):
+                    out[f"verify_sends_{role}"] = float(n)
+            else:
+                out[f"verify_{f}"] = float(v)
+        mal = [w for w in self.banned_by if self.w.malicious[w]]
+        out["malicious_workers"] = float(sum(self.w.malicious))
+        out["malicious_banned"] = float(len(mal))
+        out["honest_banned"] = float(len(self.banned_by) - len(mal))
+        out["gamer_bans"] = float(sum(self.banned_by.values()))
+        out["coordinator_bans"] = float(self.counters.get("coordinator_bans", 0))
+        for role, b in sorted(self.role_busy.items()):
+            out[f"busy_s_{role}"] = round(b, 6)
+        return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class TaskProfile:
     in_bytes: int
     out_bytes: int
     source: str  # "bench:<file>" or "cost()"
+    #: The task parameters as sent (validated by the kind).
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _output_bytes(kind: str, params: dict[str, Any], data_len: int) -> int:
@@ -95,4 +97,4 @@ def profile_for(
     res = wire.ResultRecord(b"\0" * wire.TASK_ID_LEN, b"", wire.ENC_RAW, 1 << 40, b"\0" * SIGNATURE_BYTES)
     result_overhead = len(wire.encode_results([res]))
     out = _output_bytes(w.kind, params, data_len)
-    return TaskProfile(w.kind, cost, data_len + task_overhead, out + result_overhead, source)
+    return TaskProfile(w.kind, cost, data_len + task_overhead, out + result_overhead, source, dict(params))

@@ -30,7 +30,7 @@ from simulations.workload import TaskProfile, load_calibration, profile_for
 __all__ = ["StreamDef", "World", "build_world", "concern_seed"]
 
 _CONCERNS = {"peers": 1, "churn": 2, "gamers": 3, "vivaldi": 4, "net": 5, "service": 6, "sched": 7, "verify": 8,
-             "election": 9}  # fmt: skip
+             "election": 9, "cheat": 10}  # fmt: skip
 
 
 def concern_seed(seed: int, concern: str, extra: int = 0) -> int:

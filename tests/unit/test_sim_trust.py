@@ -1,0 +1,108 @@
+"""The simulator's gamers drive the real verification and reputation cores: cheaters are
+caught and banned by them, and the figures reach the summary."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nodes.reputation import Proof, SignedResult, make_evidence
+from nodes.verification import RunCheck
+from simulations.report import summarise
+from simulations.scenario import parse_scenario
+from simulations.sim import Simulation
+from simulations.trust import check_verdict, evidence_proof, right_output, self_check_passes, wrong_output
+from simulations.world import build_world
+
+ONE_REGION = {
+    "name": "trust",
+    "duration_s": 40.0,
+    "gamers_per_100_peers": 15,
+    "policies": ["predicted"],
+    "network": {"regions": ["eu"], "rtt_ms": [[0]], "intra_rtt_ms": [10], "loss": 0.0},
+    "peers": {"count": 40, "malicious_fraction": 0.3, "stewards_per_region": 3},
+    "churn": {"enabled": False},
+    "output": {"interval_s": 5.0, "warmup_s": 2.0},
+    "verification": {"self_check_detect": 0.5},
+    "workloads": [
+        {"name": "physics", "kind": "physics_step", "rate_hz": [30], "deadline_ms": 400, "simple": True},
+        {"name": "ai", "kind": "pathfind", "rate_hz": [10], "deadline_ms": 400},
+    ],
+}
+
+
+def _run(doc: dict[str, object], seed: int = 1) -> tuple[Simulation, dict[str, object]]:
+    scn = parse_scenario(doc)
+    world = build_world(scn, seed)
+    sim = Simulation(world, "predicted")
+    res = sim.run()
+    return sim, summarise(world, res)
+
+
+def test_token_checks_follow_what_run_check_would_say() -> None:
+    data = b"\0" * 8
+    good, bad = right_output(data), wrong_output(data, b"w1", collude=False)
+    assert self_check_passes(good, 1.0) and not self_check_passes(bad, 1.0) and self_check_passes(bad, 0.0)
+    assert wrong_output(data, b"w1", True) == wrong_output(data, b"w2", True) != bad
+    assert check_verdict(RunCheck(1, "echo", {}, data, good, None, recompute=True), 0.0)
+    assert not check_verdict(RunCheck(1, "echo", {}, data, bad, None, recompute=True), 0.0)
+    assert check_verdict(RunCheck(1, "echo", {}, data, good, good), 0.0)
+    assert not check_verdict(RunCheck(1, "echo", {}, data, bad, good), 0.0)
+
+
+def test_evidence_proof_mirrors_verify_evidence_order() -> None:
+    data = b"\1" * 8
+    bad_out = wrong_output(data, b"w1", False)
+    bad = SignedResult(b"\0" * 16, b"w1", b"\2" * 32, 0, b"", bad_out)
+    ref = SignedResult(b"\3" * 16, b"w2", b"\4" * 32, 0, b"", right_output(data))
+    ev = make_evidence(kind="echo", params={}, data=data, bad=bad, reason="mismatch", reference=ref)
+    assert evidence_proof(ev, cost=1.0, detect=1.0) is Proof.SELF_CHECK
+    assert evidence_proof(ev, cost=1.0, detect=0.0) is Proof.RECOMPUTED
+    assert evidence_proof(ev, cost=1e9, detect=0.0) is Proof.CONFLICT
+    right = replace(bad, output=right_output(data))
+    assert evidence_proof(replace(ev, bad=right, reference=None), cost=1.0, detect=0.0) is None
+
+
+def test_cheaters_are_caught_and_banned_by_the_real_cores() -> None:
+    sim, s = _run(ONE_REGION)
+    v = s["verification"]
+    assert isinstance(v, dict)
+    assert v["malicious_workers"] > 0
+    # caught by the gamers' VerificationCore, banned in their Reputation
+    assert v["malicious_banned"] >= 1 and v["verify_bans"] >= 1
+    assert sum(g.core.stats.bans for g in sim.gamers) == v["verify_bans"]
+    banned = {p for g in sim.gamers for p, _ in g.rep.banned(sim.loop.now)}
+    assert any(sim.w.malicious[sim.wb_index[p]] for p in banned)
+    # nobody honest is banned with evidence (only cheaters sign wrong results)
+    assert all(
+        sim.w.malicious[sim.wb_index[ev.accused]]
+        for g in sim.gamers
+        for p, _ in g.rep.banned(sim.loop.now)
+        for ev in g.rep.evidence_for(p)
+    )
+    # the extra verification work is measured: duplicates and probes ran on workers
+    assert v["verify_sends_duplicate"] > 0 and v["verify_probes"] > 0
+    assert v["busy_s_duplicate"] > 0 and v["extra_work_share"] > 0
+    # non-colluding cheaters never get a wrong result accepted when every result is duplicated
+    outcomes = s["outcomes"]
+    assert isinstance(outcomes, dict) and outcomes["ok"] > 500
+
+
+def test_verification_off_still_places_through_the_core_and_lets_forgeries_through() -> None:
+    doc = dict(ONE_REGION, verification={"policy": "off"})
+    _, s = _run(doc)
+    v = s["verification"]
+    outcomes = s["outcomes"]
+    assert isinstance(v, dict) and isinstance(outcomes, dict)
+    assert v["verify_sends_primary"] > 0 and v.get("verify_sends_duplicate", 0) == 0
+    assert v.get("verify_bans", 0) == 0 and outcomes["wrong"] > 0
+
+
+def test_scenario_rejects_unknown_verification_config_keys() -> None:
+    import pytest
+
+    from mesh.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        parse_scenario(dict(ONE_REGION, verification={"config": {"no_such_knob": 1}}))
+    scn = parse_scenario(dict(ONE_REGION, verification={"config": {"dup_floor": 0.5}}))
+    assert dict(scn.verification.config) == {"dup_floor": 0.5}
