@@ -128,6 +128,10 @@ class GamerConfig:
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
     #: Checks (self-checks, comparisons, re-runs) running at once in worker threads.
     check_threads: int = 2
+    #: Keep this client's bans and worker scores in this file across restarts, with
+    #: their expiry (``nodes.reputation_store``; e.g. ``~/.p2c2r/gamer-reputation.json``).
+    #: None: in memory only.
+    reputation_file: str | os.PathLike[str] | None = None
     #: Seed of the policy's random choices (placement, sampling, wire ids); None: from
     #: the OS. Tests pin it for repeatable runs.
     seed: int | None = None
@@ -352,6 +356,10 @@ class GamerClient:
                 host, nursery, config, registry=registry, identity=identity, evidence_bus=evidence_bus
             )
             await nursery.start(client._reap_deadlines)
+            if config.reputation_file is not None:
+                from nodes.reputation_store import persist_reputation
+
+                await nursery.start(persist_reputation, client.reputation, config.reputation_file)
             unsubscribe = evidence_bus.subscribe(client._on_bus_evidence) if evidence_bus else None
             try:
                 for addr in peers:
