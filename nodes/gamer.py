@@ -47,6 +47,8 @@ the mesh control plane plugs in through ``add_worker``, ``set_placement`` and
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -78,6 +80,17 @@ from mesh.transport import Host, Stream, write_chunked
 from nodes.evidence import EvidenceBus, send_evidence, verify_in_thread
 from nodes.metrics import NodeMetrics
 from nodes.reputation import Evidence, InvalidEvidenceError, Reputation, ReputationConfig
+from nodes.sdk_cores import (
+    DEFAULT_LEVELS,
+    AdaptiveTimeouts,
+    CachedResult,
+    HedgeBudget,
+    QualityController,
+    QualityLevel,
+    ResultCache,
+    TimeoutConfig,
+    content_key,
+)
 from nodes.verification import (
     Cancel,
     Effect,
@@ -135,6 +148,27 @@ class GamerConfig:
     #: Seed of the policy's random choices (placement, sampling, wire ids); None: from
     #: the OS. Tests pin it for repeatable runs.
     seed: int | None = None
+    #: Content-addressed cache of verified results of deterministic kinds, bounded by
+    #: entries and bytes (0 entries: off). A hit skips the network; it is re-verified
+    #: against the original worker's signed receipt and refused if that worker is banned.
+    cache_entries: int = 1024
+    cache_bytes: int = 64 * 1024 * 1024
+    #: Per-kind latencies learned from verified completions (``srtt + k * rttvar``),
+    #: used as the deadline when ``submit`` gets none and as the hedging delay. Samples
+    #: are per task ahead in the queue (latency / (1 + tasks of the kind already in
+    #: flight)) and the deadline scales back up by the queue at submit, so a burst of
+    #: tasks is not failed by what one task alone takes (Little's law, roughly). A floor
+    #: of a second, as TCP's RTO has, keeps one hiccup from failing tasks; a timeout at a
+    #: learned deadline backs the estimate off. None: always ``default_deadline_s`` and
+    #: no hedging.
+    adaptive_timeouts: TimeoutConfig | None = field(default_factory=lambda: TimeoutConfig(minimum_s=1.0))
+    #: Hedged requests: a task still unanswered after its kind's hedging delay (about
+    #: its 95th percentile latency) gets an independent second copy on another worker;
+    #: the first verified answer wins and the other is cancelled. At most
+    #: ``hedge_fraction`` hedges per submitted task, plus a burst of ``hedge_burst``.
+    hedge: bool = True
+    hedge_fraction: float = 0.05
+    hedge_burst: float = 5.0
 
 
 @dataclass
@@ -156,6 +190,13 @@ class GamerStats:
     unconfirmed: int = 0
     bans: int = 0
     evidence_shared: int = 0
+    #: Tasks answered from the result cache (re-verified, no network).
+    cache_hits: int = 0
+    #: Hedged (second) copies sent, and hedges the budget refused.
+    hedges: int = 0
+    hedges_denied: int = 0
+    #: Tasks whose hedge answered first.
+    hedges_won: int = 0
 
 
 #: ``placer(kind, [(worker peer id, tasks in flight), ...]) -> worker peer id or None``
@@ -233,6 +274,19 @@ class _UserTask:
     params_digest: bytes
     input_digest: bytes
     last_worker: bytes | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    data: bytes = b""
+    deadline: float = _NO_DEADLINE
+    #: The deadline was learned (``adaptive_timeouts``), not given by the caller.
+    adaptive: bool = False
+    #: Tasks of the same kind already in flight when this one was submitted.
+    ahead: int = 0
+    #: Key in the result cache (deterministic kinds with the cache on), else None.
+    cache_key: bytes | None = None
+    #: Tasks the policy core runs for this one: the task itself, plus its hedge.
+    core_ids: list[bytes] = field(default_factory=list)
+    #: Signed receipts of verified copies: (core task id, worker) -> (wire id, ts_ms, seal).
+    receipts: dict[tuple[bytes, bytes], tuple[bytes, int, bytes]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -309,6 +363,17 @@ class GamerClient:
         self.reputation = Reputation(config.reputation)
         self._core = VerificationCore(self.registry, self.reputation, random.Random(seed), vconf)
         self.metrics = NodeMetrics("gamer")
+        self.cache = ResultCache(config.cache_entries, config.cache_bytes)
+        #: Learned per-kind latencies (None when ``adaptive_timeouts`` is off).
+        self.timeouts = AdaptiveTimeouts(config.adaptive_timeouts) if config.adaptive_timeouts else None
+        self.hedge_budget = HedgeBudget(config.hedge_fraction, config.hedge_burst)
+        #: Hedge timers: (when, seq, user task id).
+        self._hedge_timers: list[tuple[float, int, bytes]] = []
+        self._timer_seq = itertools.count()
+        #: Core task id -> user task id, for hedge copies (the first copy uses the user's id).
+        self._hedge_of: dict[bytes, bytes] = {}
+        #: User tasks in flight per kind (the queue a new task joins).
+        self._in_flight: dict[str, int] = {}
         #: The mesh control-plane client (``nodes.mesh_client.MeshClient``) when joined by bootstrap.
         self.mesh: Any = None
 
@@ -508,7 +573,11 @@ class GamerClient:
         params = dict(params or {})
         now = trio.current_time()
         budget = self.config.default_deadline_s if deadline is None else deadline
-        if budget <= 0:
+        adaptive = False
+        ahead = self._in_flight.get(kind, 0)
+        if deadline is None and self.timeouts is not None and self.timeouts.estimate(kind) is not None:
+            budget, adaptive = self.timeouts.deadline(kind) * (1 + ahead), True
+        if not budget > 0:
             raise ValueError("deadline must be a positive number of seconds")
         task_id = os.urandom(wire.TASK_ID_LEN)
         payload, enc = wire.compress_payload(data)
@@ -521,15 +590,137 @@ class GamerClient:
             )
         handle = TaskHandle(task_id, kind, now)
         handle._cancel_hook = self._cancel
-        self._tasks[task_id] = _UserTask(
-            handle, kind, payload, enc, wire.params_digest(params), wire.digest(data)
-        )
+        pdig, idig = wire.params_digest(params), wire.digest(data)
         self.stats.submitted += 1
+        ckey = self._cache_key(kind, pdig, idig)
+        if ckey is not None and self._answer_from_cache(handle, ckey, pdig, idig):
+            return handle
+        ut = _UserTask(handle, kind, payload, enc, pdig, idig, params=params, data=data)
+        ut.deadline, ut.adaptive, ut.cache_key, ut.core_ids = now + budget, adaptive, ckey, [task_id]
+        ut.ahead = ahead
+        self._tasks[task_id] = ut
+        self._in_flight[kind] = ahead + 1
         self._core.on_submit(Task(task_id, kind, params, data, now + budget), now)
+        self._arm_hedge(ut, now)
         self._drain()
         if task_id in self._tasks:
             self._maybe_anchor(kind, params, data)
         return handle
+
+    # ------------------------------------------------------------------ result cache
+
+    def _cache_key(self, kind: str, params_digest: bytes, input_digest: bytes) -> bytes | None:
+        if self.config.cache_entries <= 0 or kind not in self.registry:
+            return None
+        if not self.registry.get(kind).deterministic:
+            return None  # another run may rightly give another answer: nothing to reuse
+        return content_key(kind, params_digest, input_digest)
+
+    def _answer_from_cache(self, handle: TaskHandle, key: bytes, pdig: bytes, idig: bytes) -> bool:
+        """Resolve ``handle`` from the cache when a still-valid signed answer is there."""
+        entry = self.cache.get(key)
+        if entry is None:
+            return False
+        try:
+            if self.reputation.is_banned(entry.worker, handle.submitted_at):
+                raise VerificationError("the worker that computed it is banned")
+            out_digest = wire.digest(entry.output)
+            d = receipt_digest(entry.task_id, handle.kind, pdig, idig, out_digest, entry.worker, entry.ts_ms)
+            verify_receipt(entry.worker, d, entry.signature)
+        except VerificationError as exc:
+            log.warning("dropped a cached %s result: %s", handle.kind, exc)
+            self.cache.remove(key)
+            return False
+        self.stats.cache_hits += 1
+        self.stats.verified += 1
+        handle.worker = entry.worker
+        handle._resolve(entry.output, None, trio.current_time())
+        return True
+
+    def _remember(self, ut: _UserTask, core_id: bytes, worker: bytes, output: bytes) -> None:
+        """Cache a verified answer of a deterministic kind with its signed receipt."""
+        receipt = ut.receipts.get((core_id, worker))
+        if ut.cache_key is None or receipt is None:
+            return
+        wire_id, ts_ms, seal = receipt
+        self.cache.put(ut.cache_key, CachedResult(output, worker, wire_id, ts_ms, seal))
+
+    # ------------------------------------------------------------------ hedging
+
+    def _arm_hedge(self, ut: _UserTask, now: float) -> None:
+        if not self.config.hedge or self.timeouts is None:
+            return
+        self.hedge_budget.on_submit()
+        delay = self.timeouts.hedge_delay(ut.kind)
+        if delay is None:
+            return
+        delay *= 1 + ut.ahead  # a task behind a queue is late only beyond its queue
+        if now + delay >= ut.deadline:
+            return
+        heapq.heappush(self._hedge_timers, (now + delay, next(self._timer_seq), ut.handle.task_id))
+
+    def _fire_hedges(self, now: float) -> None:
+        timers = self._hedge_timers
+        while timers and timers[0][0] <= now:
+            _, _, tid = heapq.heappop(timers)
+            ut = self._tasks.get(tid)
+            if ut is None or len(ut.core_ids) != 1:
+                continue  # answered, failed or cancelled in time
+            self._hedge(ut, now)
+
+    def _hedge(self, ut: _UserTask, now: float) -> None:
+        """Send an independent second copy of ``ut`` to a worker other than its first."""
+        avoid = ut.last_worker
+        others = [w for w in self.workers() if w != avoid and not self.reputation.is_banned(w, now)]
+        if not others:
+            return  # nobody else to ask: the hedge could only add load
+        if not self.hedge_budget.try_spend():
+            self.stats.hedges_denied += 1
+            return
+        core = self._core
+        user_placer = core.placer
+
+        def elsewhere(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
+            rest = [(w, n) for w, n in cands if w != avoid]
+            if not rest:
+                return None
+            if user_placer is not None:
+                chosen = user_placer(kind, rest)
+                if chosen is not None and any(w == chosen for w, _ in rest):
+                    return chosen
+            return min(rest, key=lambda c: (c[1], c[0]))[0]
+
+        hid = os.urandom(wire.TASK_ID_LEN)
+        self._hedge_of[hid] = ut.handle.task_id
+        ut.core_ids.append(hid)
+        self.stats.hedges += 1
+        core.placer = elsewhere
+        try:
+            core.on_submit(Task(hid, ut.kind, ut.params, ut.data, ut.deadline), now)
+        finally:
+            core.placer = user_placer
+
+    def _user_task(self, core_id: bytes) -> _UserTask | None:
+        return self._tasks.get(self._hedge_of.get(core_id, core_id))
+
+    # ------------------------------------------------------------------ adaptive quality
+
+    def quality(
+        self,
+        target_fps: float,
+        *,
+        kind: str = "upscale",
+        frames_in_flight: int = 1,
+        levels: Sequence[QualityLevel] = DEFAULT_LEVELS,
+    ) -> FrameQuality:
+        """A helper that picks upscale mode and scale so frames keep ``target_fps``.
+
+        ``await q.upscale(frame)`` submits at the current level with the frame budget
+        as deadline and feeds the latency back; ``q.params()`` gives the current
+        parameters for callers that submit themselves (then call ``q.observe``).
+        """
+        ctl = QualityController(target_fps, frames_in_flight=frames_in_flight, levels=tuple(levels))
+        return FrameQuality(self, ctl, kind)
 
     def set_placement(self, placer: Placer | None) -> None:
         """Let the control plane choose workers (e.g. from placement leases).
@@ -576,19 +767,29 @@ class GamerClient:
                 if w.link.alive:
                     self._queue(w.link, wire.encode_cancels([eff.wire_id]))
         elif isinstance(eff, Resolve):
-            ut = self._tasks.get(eff.task_id)
+            ut = self._user_task(eff.task_id)
             if ut is not None:
                 ut.last_worker = eff.worker
-                self._finish(eff.task_id, eff.output, None)
+                if eff.task_id != ut.handle.task_id:
+                    self.stats.hedges_won += 1
+                self._remember(ut, eff.task_id, eff.worker, eff.output)
+                self._finish(ut.handle.task_id, eff.output, None)
         elif isinstance(eff, Reject):
-            self._finish(eff.task_id, None, eff.error)
+            ut = self._user_task(eff.task_id)
+            if ut is None:
+                return
+            if len(ut.core_ids) > 1 and eff.task_id in ut.core_ids:
+                ut.core_ids.remove(eff.task_id)  # its twin may still answer
+                self._hedge_of.pop(eff.task_id, None)
+                return
+            self._finish(ut.handle.task_id, None, eff.error)
         elif isinstance(eff, Penalise):
             self._on_penalise(eff)
 
     def _send(self, eff: SendTo | Probe) -> None:
         link = self._by_peer.get(eff.worker)
         if isinstance(eff, SendTo):
-            ut = self._tasks.get(eff.task_id)
+            ut = self._user_task(eff.task_id)
             if ut is None:
                 return
             ut.last_worker = eff.worker
@@ -724,17 +925,33 @@ class GamerClient:
             return
         handle = ut.handle
         handle.worker = ut.last_worker
+        now = trio.current_time()
+        latency = now - handle.submitted_at
+        left = self._in_flight.get(ut.kind, 1) - 1
+        if left > 0:
+            self._in_flight[ut.kind] = left
+        else:
+            self._in_flight.pop(ut.kind, None)
         if error is None:
             self.stats.verified += 1
             outcome = "ok"
+            if self.timeouts is not None:
+                self.timeouts.observe(ut.kind, latency / (1 + ut.ahead))
         else:
             self.stats.failed += 1
             outcome = error.code
             if isinstance(error, TaskTimeoutError):
                 self.stats.timeouts += 1
-        now = trio.current_time()
+                if ut.adaptive and self.timeouts is not None:
+                    self.timeouts.backoff(ut.kind, latency / (1 + ut.ahead))
+        # The other copy (a hedge, or the task its hedge raced) is a loser now: cancel it.
+        others = [cid for cid in ut.core_ids if cid != task_id]
+        for cid in ut.core_ids:
+            self._hedge_of.pop(cid, None)
+        ut.core_ids = []
+        for cid in others:
+            self._core.on_cancel(cid, now)
         handle._resolve(output, error, now)
-        latency = now - handle.submitted_at
         self.metrics.observe_task(ut.kind, outcome, latency)
         if output is not None:
             self.metrics.bytes_in.inc(len(output))
@@ -757,9 +974,16 @@ class GamerClient:
             self._core.on_cancel(tid, trio.current_time())
         self._core.poll_effects()
 
+    def _next_deadline(self) -> float | None:
+        nd = self._core.next_deadline()
+        if self._hedge_timers:
+            hd = self._hedge_timers[0][0]
+            nd = hd if nd is None else min(nd, hd)
+        return nd
+
     def _rearm(self) -> None:
         scope = self._reaper_scope
-        nd = self._core.next_deadline()
+        nd = self._next_deadline()
         if scope is not None and nd is not None and nd < scope.deadline:
             scope.deadline = nd
 
@@ -767,12 +991,14 @@ class GamerClient:
         """One task drives every timer of the policy (deadlines, hedges, probe expiry)."""
         task_status.started()
         while True:
-            nd = self._core.next_deadline()
+            nd = self._next_deadline()
             with trio.CancelScope(deadline=nd if nd is not None else _NO_DEADLINE) as scope:
                 self._reaper_scope = scope
                 await trio.sleep_forever()
             self._reaper_scope = None
-            self._core.on_tick(trio.current_time())
+            now = trio.current_time()
+            self._core.on_tick(now)
+            self._fire_hedges(now)
             self._drain()
 
     # ------------------------------------------------------------------ per-worker link
@@ -915,6 +1141,10 @@ class GamerClient:
             return
         self.metrics.signature_ok.inc()
         self._forget(w)
+        if w.task_id is not None:
+            ut = self._user_task(w.task_id)
+            if ut is not None and ut.cache_key is not None:
+                ut.receipts[(w.task_id, link.peer)] = (w.wire_id, rec.ts_ms, rec.signature)
         core.on_result(
             w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=rec.signature
         )
@@ -926,6 +1156,55 @@ class GamerClient:
     def _open_output(self, rec: wire.ResultRecord) -> tuple[bytes, bytes]:
         output = wire.decompress_payload(rec.output, rec.enc, self.config.max_frame)
         return output, wire.digest(output)
+
+
+class FrameQuality:
+    """Adaptive quality for a frame stream (``GamerClient.quality``).
+
+    Wraps a ``QualityController``: each frame is submitted at the current level (upscale
+    ``mode`` and ``scale``) with twice the frame budget as its deadline, so a late frame
+    still gives a latency sample; its latency (or a miss) moves the level down at once
+    when frames run late and back up only after a run of frames with room to spare.
+    """
+
+    def __init__(self, client: GamerClient, controller: QualityController, kind: str = "upscale") -> None:
+        self.client = client
+        self.controller = controller
+        self.kind = kind
+        self.frames = 0
+        self.missed = 0
+
+    @property
+    def level(self) -> QualityLevel:
+        return self.controller.current
+
+    def params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``base`` with the current level's ``mode`` and ``scale``."""
+        lvl = self.controller.current
+        return {**(base or {}), "mode": lvl.mode, "scale": lvl.scale}
+
+    def observe(
+        self, latency_s: float, level: QualityLevel | None = None, *, missed: bool = False
+    ) -> QualityLevel:
+        """Feed back one frame submitted at ``level`` (default: the current one)."""
+        idx = None if level is None else self.controller.levels.index(level)
+        self.frames += 1
+        self.missed += int(missed or latency_s > self.controller.budget_s)
+        return self.controller.observe(latency_s, idx, missed=missed)
+
+    async def upscale(self, frame: bytes, params: dict[str, Any] | None = None) -> bytes:
+        """Upscale one frame at the current level; raises the task's typed error."""
+        ctl = self.controller
+        level = ctl.current
+        limit = 2 * ctl.budget_s
+        handle = await self.client.submit(self.kind, frame, self.params(params), deadline=limit)
+        try:
+            out = await handle.result()
+        except TaskTimeoutError:
+            self.observe(limit, level, missed=True)
+            raise
+        self.observe(handle.latency_s if handle.latency_s is not None else limit, level)
+        return out
 
 
 class SyncGamerClient:

@@ -68,6 +68,11 @@ class ResultCache:
         self.hits += 1
         return entry
 
+    def remove(self, key: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.output)
+
     def put(self, key: bytes, entry: CachedResult) -> None:
         size = len(entry.output)
         if size > self.max_bytes or self.max_entries <= 0:
@@ -101,6 +106,11 @@ class TimeoutConfig:
     k: float = 4.0
     #: Hedge after srtt + hedge_k * rttvar (about the 90th-95th percentile).
     hedge_k: float = 2.0
+    #: Floor of the hedging delay (its own: a deadline floor of a second must not stop
+    #: a 30 ms frame from being hedged at 40 ms).
+    hedge_minimum_s: float = 0.001
+    #: Samples of a kind before its hedging delay is trusted.
+    hedge_samples: int = 8
     alpha: float = 0.125
     beta: float = 0.25
 
@@ -136,9 +146,27 @@ class AdaptiveTimeouts:
     def hedge_delay(self, kind: str) -> float | None:
         """Seconds to wait before hedging, or None when there is no estimate yet."""
         e = self._est.get(kind)
-        if e is None or e.samples < 8:
+        c = self.config
+        if e is None or e.samples < c.hedge_samples:
             return None
-        return self._clamp(e.srtt + self.config.hedge_k * e.rttvar)
+        return min(c.maximum_s, max(c.hedge_minimum_s, e.srtt + c.hedge_k * e.rttvar))
+
+    def backoff(self, kind: str, waited_s: float) -> None:
+        """A task of ``kind`` timed out after ``waited_s`` at the learned deadline.
+
+        Without this, a kind that became slower would time out forever: a timeout gives
+        no latency sample. Like TCP's RTO backoff, the estimate is raised so the next
+        deadline is at least three times the one that expired; successes bring it back
+        down at the usual smoothing rate.
+        """
+        if not waited_s > 0:
+            return
+        e = self._est.get(kind)
+        if e is None:
+            self._est[kind] = _Estimate(waited_s, waited_s / 2)
+            return
+        e.srtt = max(e.srtt, waited_s)
+        e.rttvar = max(e.rttvar, waited_s / 2)
 
     def estimate(self, kind: str) -> tuple[float, float] | None:
         e = self._est.get(kind)

@@ -458,7 +458,8 @@ async def test_forged_signature_is_rejected(autojump_clock: trio.abc.Clock) -> N
 
 
 async def test_result_replayed_from_another_task_is_rejected(autojump_clock: trio.abc.Clock) -> None:
-    async with open_mesh() as m:
+    # Without the result cache, which would answer the repeated task without the network.
+    async with open_mesh(gamer_config=GamerConfig(cache_entries=0)) as m:
         first: list[tuple[bytes, bytes]] = []
 
         def replay(task: wire.TaskRecord, payload: bytes, sig: bytes) -> tuple[bytes, bytes]:
