@@ -6,10 +6,13 @@ the default policy (``predicted``; the issue's scale target is for one scenario 
 ``--all-policies`` up to that many peers also every policy side by side in ``--jobs``
 processes — and records wall time, peak RSS (the parent and the largest policy worker; with
 ``--jobs`` workers running side by side, parent + jobs x worker bounds the total), events
-processed, and the target figures of each policy from the run's summary.json.
+processed, CPU seconds (self + children: the figure to compare on a shared machine), the target
+figures of each policy and its trust figures (bans, false bans, extra verification work) from the
+run's summary.json. ``--verification core|off|none`` overrides the scenario's verification
+policy (``none``: no verification core, the control and data planes alone).
 
     python scripts/bench_sim.py [--peers 100 1000 10000] [--duration 600] [--all-policies 1000]
-                                [--json bench_sim.json]
+                                [--verification none] [--json bench_sim.json]
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TRUST_KEYS = (
+    "malicious_workers",
+    "malicious_banned",
+    "honest_banned",
+    "gamer_bans",
+    "coordinator_bans",
+    "verify_sends_duplicate",
+    "verify_probes",
+    "extra_work_share",
+)
 
 _CHILD = r"""
 import dataclasses, json, resource, sys, time
@@ -38,6 +51,8 @@ t0 = time.perf_counter()
 scn = load_scenario(sys.argv[2]).with_peers(int(sys.argv[6]), float(sys.argv[7]))
 if sys.argv[8]:
     scn = dataclasses.replace(scn, policies=tuple(sys.argv[8].split(",")))
+if sys.argv[9]:
+    scn = dataclasses.replace(scn, verification=dataclasses.replace(scn.verification, policy=sys.argv[9]))
 world = build_world(scn, int(sys.argv[3]))
 t1 = time.perf_counter()
 results = run_policies(world, int(sys.argv[5]))
@@ -45,20 +60,28 @@ write_outputs(world, results, Path(sys.argv[4]))
 wall = time.perf_counter() - t0
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"rc": 0, "wall_s": wall, "world_s": t1 - t0, "rss_parent_mib": me,
+cpu = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+          for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"rc": 0, "wall_s": wall, "cpu_s": cpu, "world_s": t1 - t0, "rss_parent_mib": me,
                   "rss_worker_max_mib": kids, "events": sum(r.events_run for r in results),
                   "policy_wall_s": {r.policy: r.wall_s for r in results}}))
 """
 
 
 def run_one(
-    scenario: Path, peers: int, duration: float, jobs: int, seed: int, policies: str = ""
+    scenario: Path,
+    peers: int,
+    duration: float,
+    jobs: int,
+    seed: int,
+    policies: str = "",
+    verification: str = "",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, str(ROOT), str(scenario), str(seed), out, str(jobs), str(peers),
-             str(duration), policies],
+             str(duration), policies, verification],
             capture_output=True,
             text=True,
             check=False,
@@ -81,6 +104,8 @@ def run_one(
             "deadline_miss_rate": s["deadline_miss_rate"],
             "failovers": s["failovers"],
             "failover_gap_max_s": s["failover_gap_s"]["max"],
+            "outcomes": s["outcomes"],
+            "verification": {k: s["verification"].get(k) for k in TRUST_KEYS},
         }
         for name, s in doc["policies"].items()
     }
@@ -93,6 +118,8 @@ def run_one(
         "jobs": jobs,
         "wall_s": round(wall, 2),
         "wall_in_run_s": round(m["wall_s"], 2),
+        "cpu_s": round(m["cpu_s"], 2),
+        "verification": verification or "scenario",
         "world_build_s": round(m["world_s"], 2),
         "events": m["events"],
         "policy_wall_s": {k: round(v, 2) for k, v in m["policy_wall_s"].items()},
@@ -116,17 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--all-policies", type=int, default=0, metavar="N", help="also run every policy for peer counts <= N"
     )
+    ap.add_argument(
+        "--verification",
+        choices=["core", "off", "none"],
+        default="",
+        help="override the scenario's [verification] policy (default: the scenario's)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     args = ap.parse_args(argv)
     rows = []
     plans = [(n, args.policy) for n in args.peers]
     plans += [(n, "") for n in args.peers if n <= args.all_policies]
     for n, pol in plans:
-        row = run_one(args.scenario, n, args.duration, args.jobs, args.seed, pol)
+        row = run_one(args.scenario, n, args.duration, args.jobs, args.seed, pol, args.verification)
         row["mode"] = pol or "all"
         rows.append(row)
         print(
-            f"{n:>6} peers  {row['mode']:>9}  {row['wall_s']:8.1f} s wall  {row['events']:>10} events  "
+            f"{n:>6} peers  {row['mode']:>9}  {row['wall_s']:8.1f} s wall  {row['cpu_s']:8.1f} s cpu  "
+            f"{row['events']:>10} events  "
             f"parent {row['rss_parent_mib']:.0f} MiB  worker max {row['rss_worker_max_mib']:.0f} MiB",
             flush=True,
         )

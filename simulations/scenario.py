@@ -128,7 +128,9 @@ class VerificationSpec:
     malicious workers cheat."""
 
     #: "core": ``VerificationConfig()`` (the SDK's default policy) with ``config`` overrides;
-    #: "off": ``VerificationConfig.off()`` (signatures only; the core still places every task).
+    #: "off": ``VerificationConfig.off()`` (signatures only; the core still places every task);
+    #: "none": no verification core at all (every result accepted; the control and data
+    #: planes alone, for scale runs).
     policy: str = "core"
     #: ``VerificationConfig`` field overrides, e.g. ``{ dup_floor = 0.1 }``.
     config: tuple[tuple[str, Any], ...] = ()
@@ -312,8 +314,8 @@ def _verification(d: Mapping[str, Any]) -> VerificationSpec:
         _take(over, set(cls.__dataclass_fields__), f"verification.{key}")
         kw[key] = tuple(sorted(over.items()))
     spec = VerificationSpec(**kw)
-    if spec.policy not in ("core", "off"):
-        raise ConfigError("scenario [verification]: policy is 'core' or 'off'")
+    if spec.policy not in ("core", "off", "none"):
+        raise ConfigError("scenario [verification]: policy is 'core', 'off' or 'none'")
     if not (0 <= spec.cheat_rate <= 1 and 0 <= spec.self_check_detect <= 1):
         raise ConfigError("scenario [verification]: cheat_rate and self_check_detect in [0, 1]")
     return spec

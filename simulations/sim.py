@@ -284,8 +284,8 @@ class _Gamer:
         self.tick_at = math.inf
         #: Connected workers -> the incarnation connected to.
         self.conn: dict[int, int] = {}
-        #: User task id -> (lane, submit time).
-        self.pending: dict[bytes, tuple[_Lane, float]] = {}
+        #: User task id -> (lane, submit time, deadline).
+        self.pending: dict[bytes, tuple[_Lane, float, float]] = {}
         #: The worker the lane being submitted holds a lease on (the SDK's placer answer).
         self.cur: bytes | None = None
         self.anchored: dict[str, int] = {}
@@ -1230,7 +1230,10 @@ class Simulation:
 
     def _init_trust(self) -> None:
         spec = self.scn.verification
-        base = VerificationConfig.off() if spec.policy == "off" else VerificationConfig()
+        base = VerificationConfig.off() if spec.policy != "core" else VerificationConfig()
+        #: "none": no verification core at all (tasks go straight to the leased worker and
+        #: every result is accepted): the data and control planes alone, for scale runs.
+        self.no_core = spec.policy == "none"
         self.vconf = replace(base, **dict(spec.config))
         self.rconf = replace(ReputationConfig(), **dict(spec.reputation))
         self.detect = spec.self_check_detect
@@ -1348,7 +1351,7 @@ class Simulation:
         item = g.pending.pop(eff.task_id, None)
         if item is None:
             return
-        lane, t0 = item
+        lane, t0, _dl = item
         st = self.streams[lane.stream]
         w = self.wb_index[eff.worker]
         latency = self.loop.now - t0
@@ -1364,7 +1367,7 @@ class Simulation:
         item = g.pending.pop(eff.task_id, None)
         if item is None:
             return
-        lane, t0 = item
+        lane, t0, _dl = item
         st = self.streams[lane.stream]
         err = eff.error
         if isinstance(err, TaskTimeoutError):
@@ -1479,7 +1482,10 @@ class Simulation:
         self.task_seq += 1
         tid = self.task_seq.to_bytes(16, "big")
         data = tid[8:]
-        g.pending[tid] = (lane, t0)
+        g.pending[tid] = (lane, t0, t0 + budget)
+        if self.no_core:
+            self._send_copy(g, st, lane, self.wb[w], tid, data, "primary")
+            return
         g.cur = self.wb[w]
         g.core.on_submit(Task(tid, st.kind, st.params, data, t0 + budget), now)
         g.cur = None
@@ -1504,7 +1510,9 @@ class Simulation:
         arrive = net.data_delay(g.node, w, st.in_bytes, now)
         peer = self.peers[w]
         if arrive is None or not peer.online or arrive >= peer.session_end:
-            return  # lost on the way: the core's deadline, hedge or link-down deals with it
+            # Lost on the way: the core's deadline, hedge or link-down deals with it.
+            self._direct_lost(g, wire_id)
+            return
         # Queued on the worker now (its arrival time is known), which saves an event per copy;
         # FIFO order on a worker is therefore send order.
         svc = st.cost_s / self.w.peer_speed[w]
@@ -1528,10 +1536,12 @@ class Simulation:
         peer.pending.append((start, finish))
         if finish > peer.session_end:
             self._add_busy(start, min(start + svc, max(start, peer.session_end)))
-            return  # the worker leaves before it finishes
+            self._direct_lost(g, wire_id)  # the worker leaves before it finishes
+            return
         self._add_busy(start, start + svc)
         self.role_busy[role] = self.role_busy.get(role, 0.0) + svc
         if net.blocked(w, g.node):
+            self._direct_lost(g, wire_id)
             return
         wrong = self.w.malicious[w] and self.rng_verify.random() < self.cheat_rate
         # Results do not queue behind each other on the uplink here (they leave at their own
@@ -1556,14 +1566,32 @@ class Simulation:
     ) -> None:
         peer = self.peers[w]
         if peer.inc != inc or (not peer.online and peer.session_end < finish):
-            return  # the worker died (or was killed) before it finished
+            self._direct_lost(g, wire_id)  # the worker died (or was killed) before it finished
+            return
         wb = self.wb[w]
         out = wrong_output(data, wb, self.collude) if wrong else right_output(data)
         if lane is not None and len(lane.samples) < 32:
             lane.samples.append((w, svc))
         g.svc_last[w] = svc
+        if self.no_core:
+            item = g.pending.get(wire_id)
+            if item is not None and self.loop.now > item[2]:
+                self._rejected(g, Reject(wire_id, TaskTimeoutError("late")))
+            else:
+                self._resolved(g, Resolve(wire_id, out, wb))
+            return
         g.core.on_result(wire_id, wb, out, self.loop.now)
         self._drain(g)
+
+    def _direct_lost(self, g: _Gamer, wire_id: bytes) -> None:
+        """Without a verification core, a lost copy fails its task at the task's deadline."""
+        if self.no_core:
+            item = g.pending.get(wire_id)
+            if item is not None:
+                self.loop.schedule(max(self.loop.now, item[2]), self._direct_expire, g, wire_id)
+
+    def _direct_expire(self, g: _Gamer, tid: bytes) -> None:
+        self._rejected(g, Reject(tid, TaskTimeoutError("lost")))
 
     def trust_figures(self) -> dict[str, float]:
         """The run's verification figures (see ``SimResult.verification``)."""

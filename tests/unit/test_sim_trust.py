@@ -97,6 +97,16 @@ def test_verification_off_still_places_through_the_core_and_lets_forgeries_throu
     assert v.get("verify_bans", 0) == 0 and outcomes["wrong"] > 0
 
 
+def test_without_a_core_every_result_is_accepted_as_is() -> None:
+    sim, s = _run(dict(ONE_REGION, verification={"policy": "none"}))
+    v = s["verification"]
+    outcomes = s["outcomes"]
+    assert isinstance(v, dict) and isinstance(outcomes, dict)
+    assert all(g.core.stats.submitted == 0 for g in sim.gamers)
+    assert v["busy_s_primary"] > 0 and v.get("verify_bans", 0) == 0
+    assert outcomes["ok"] > 500 and outcomes["wrong"] > 0
+
+
 def test_scenario_rejects_unknown_verification_config_keys() -> None:
     import pytest
 
