@@ -9,6 +9,12 @@ A frame is a 4-byte big-endian body length followed by a msgpack body::
 - ``"T"`` tasks:   items = [[task_id(16 bytes), kind, params(map), data, enc, budget_ms], ...]
 - ``"R"`` results: items = [[task_id, 1, output, enc, ts_ms, signature], ...]  (success)
                           or [[task_id, 0, error_code, message], ...]        (typed failure)
+- ``"S"`` results signed as one batch:
+                   items = [signature, [receipt digest, ...], records], where success
+                   records are [task_id, 1, output, enc, ts_ms] (no signature of their
+                   own: the n-th success record is the n-th digest, a leaf of the Merkle
+                   tree whose root the signature covers, see ``tasks.receipt``) and
+                   failures are as in ``"R"``
 - ``"C"`` cancel:  items = [task_id, ...]
 - ``"E"`` error:   items = [error_code, message]   (a frame-level error: the frame the peer
   sent could not be decoded, so no task id can be named)
@@ -51,6 +57,8 @@ MAX_ITEMS_PER_FRAME = 65536
 MAX_KIND_LEN = 64
 MAX_PARAMS = 64
 MAX_MESSAGE_LEN = 4096
+SIGNATURE_LEN = 64
+DIGEST_LEN = 32
 #: Bytes a record adds to its frame besides payload, kind and parameters (generous), so
 #: senders can refuse a record that could never fit in a peer's ``max_frame``.
 RECORD_OVERHEAD = 256
@@ -79,7 +87,18 @@ class ResultRecord:
     output: bytes
     enc: int
     ts_ms: int
+    #: The worker's signature; empty in an ``"S"`` frame, whose batch signs for it.
     signature: bytes
+    #: In an ``"S"`` frame: this record's index among the batch's receipt digests.
+    leaf: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """The one signature of an ``"S"`` frame and the receipt digests it covers, in order."""
+
+    signature: bytes
+    leaves: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,7 @@ class Frame:
     results: tuple[ResultRecord | ErrorRecord, ...] = ()
     cancels: tuple[bytes, ...] = ()
     error: tuple[str, str] | None = None
+    batch: SignedBatch | None = None
 
 
 # ---------------------------------------------------------------- encoding
@@ -119,6 +139,20 @@ def encode_results(results: list[ResultRecord | ErrorRecord]) -> bytes:
         else:
             items.append([r.task_id, 0, r.code, r.message[:MAX_MESSAGE_LEN]])
     return _frame([VERSION, "R", items])
+
+
+def encode_signed_results(
+    results: list[ResultRecord | ErrorRecord], signature: bytes, leaves: list[bytes]
+) -> bytes:
+    """An ``"S"`` frame: the success records of ``results`` are covered, in order, by
+    ``leaves`` (their receipt digests) and ``signature`` (over the digests' Merkle root)."""
+    items: list[list[Any]] = []
+    for r in results:
+        if isinstance(r, ResultRecord):
+            items.append([r.task_id, 1, r.output, r.enc, r.ts_ms])
+        else:
+            items.append([r.task_id, 0, r.code, r.message[:MAX_MESSAGE_LEN]])
+    return _frame([VERSION, "S", [signature, leaves, items]])
 
 
 def encode_cancels(task_ids: list[bytes]) -> bytes:
@@ -282,6 +316,37 @@ def _decode_result(item: Any) -> ResultRecord | ErrorRecord:
     raise ProtocolError("result record has an unknown shape")
 
 
+def _decode_batch(items: list[Any]) -> Frame:
+    if len(items) != 3:
+        raise ProtocolError("signed batch must be [signature, digests, records]")
+    sig, leaves, records = items
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
+        raise ProtocolError(f"batch signature must be {SIGNATURE_LEN} bytes")
+    if not isinstance(leaves, list) or not isinstance(records, list):
+        raise ProtocolError("batch digests and records must be lists")
+    if not all(isinstance(d, bytes) and len(d) == DIGEST_LEN for d in leaves):
+        raise ProtocolError(f"batch digests must be {DIGEST_LEN} bytes each")
+    out: list[ResultRecord | ErrorRecord] = []
+    n = 0
+    for item in records:
+        if isinstance(item, list) and len(item) == 5 and item[1] == 1 and not isinstance(item[1], bool):
+            tid, _, output, enc, ts = item
+            if not isinstance(output, bytes):
+                raise ProtocolError("result output must be bytes")
+            out.append(
+                ResultRecord(_check_id(tid), output, _check_enc(enc), _check_int(ts, "timestamp"), b"", n)
+            )
+            n += 1
+        else:
+            rec = _decode_result(item)
+            if isinstance(rec, ResultRecord):
+                raise ProtocolError("a record in a signed batch carries a signature of its own")
+            out.append(rec)
+    if n != len(leaves):
+        raise ProtocolError(f"signed batch has {n} results but {len(leaves)} digests")
+    return Frame("S", results=tuple(out), batch=SignedBatch(sig, tuple(leaves)))
+
+
 def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     """Decode one frame body; any problem raises a ``ProtocolError`` subclass."""
     try:
@@ -311,6 +376,8 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
         return Frame("T", tasks=tuple(_decode_task(i) for i in items))
     if ftype == "R":
         return Frame("R", results=tuple(_decode_result(i) for i in items))
+    if ftype == "S":
+        return _decode_batch(items)
     if ftype == "C":
         return Frame("C", cancels=tuple(_check_id(i) for i in items))
     if ftype == "E":

@@ -76,6 +76,7 @@ from mesh.errors import (
     error_from_wire,
 )
 from mesh.identity import Identity, peer_id_to_str
+from mesh.identity import verify as verify_signature
 from mesh.transport import Host, Stream, write_chunked
 from nodes.evidence import EvidenceBus, send_evidence, verify_in_thread
 from nodes.metrics import NodeMetrics
@@ -107,7 +108,7 @@ from nodes.verification import (
     VerificationStats,
     run_check,
 )
-from tasks.receipt import receipt_digest, verify_receipt
+from tasks.receipt import MerkleTree, batch_digest, make_seal, receipt_digest, verify_receipt
 from tasks.registry import Registry, default_registry
 
 log = logging.getLogger("p2c2r.gamer")
@@ -287,6 +288,16 @@ class _UserTask:
     core_ids: list[bytes] = field(default_factory=list)
     #: Signed receipts of verified copies: (core task id, worker) -> (wire id, ts_ms, seal).
     receipts: dict[tuple[bytes, bytes], tuple[bytes, int, bytes]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """An ``"S"`` frame's signature, checked once for every result it covers."""
+
+    tree: MerkleTree
+    leaves: tuple[bytes, ...]
+    signature: bytes
+    error: str | None  # None: the signature is the worker's
 
 
 @dataclass(eq=False)
@@ -1097,16 +1108,29 @@ class GamerClient:
                 return
             for body in decoder.feed(data):
                 frame = wire.decode_frame(body, self.config.max_frame)
-                if frame.type == "R":
+                if frame.type in ("R", "S"):
+                    batch = self._open_batch(link, frame.batch) if frame.batch is not None else None
                     for rec in frame.results:
-                        await self._on_result(link, rec)
+                        await self._on_result(link, rec, batch)
                     self._drain()
                 elif frame.type == "E" and frame.error is not None:
                     log.warning("worker %s reported a protocol error: %s: %s", link.name, *frame.error)
                 else:
                     raise ProtocolError(f"unexpected {frame.type!r} frame from a worker")
 
-    async def _on_result(self, link: _WorkerLink, rec: wire.ResultRecord | wire.ErrorRecord) -> None:
+    def _open_batch(self, link: _WorkerLink, sb: wire.SignedBatch) -> _Batch:
+        """Check a batch signature once; each result is then checked against its leaf."""
+        tree = MerkleTree(sb.leaves) if sb.leaves else MerkleTree([bytes(32)])
+        error = None
+        try:
+            verify_signature(link.peer, batch_digest(tree.root, tree.size), sb.signature)
+        except VerificationError as exc:
+            error = f"batch signature rejected: {exc}"
+        return _Batch(tree, sb.leaves, sb.signature, error)
+
+    async def _on_result(
+        self, link: _WorkerLink, rec: wire.ResultRecord | wire.ErrorRecord, batch: _Batch | None = None
+    ) -> None:
         w = link.pending.get(rec.task_id)
         if w is None:
             # Late (deadline passed, cancelled, already confirmed) or never ours: drop it.
@@ -1126,7 +1150,7 @@ class GamerClient:
             d = receipt_digest(
                 w.wire_id, w.kind, w.params_digest, w.input_digest, out_digest, link.peer, rec.ts_ms
             )
-            verify_receipt(link.peer, d, rec.signature)
+            seal = self._check_receipt(link, rec, d, batch)
         except (VerificationError, ProtocolError) as exc:
             self.stats.verification_failures += 1
             self.metrics.verification.labels("bad_signature_or_binding").inc()
@@ -1144,10 +1168,25 @@ class GamerClient:
         if w.task_id is not None:
             ut = self._user_task(w.task_id)
             if ut is not None and ut.cache_key is not None:
-                ut.receipts[(w.task_id, link.peer)] = (w.wire_id, rec.ts_ms, rec.signature)
-        core.on_result(
-            w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=rec.signature
-        )
+                ut.receipts[(w.task_id, link.peer)] = (w.wire_id, rec.ts_ms, seal)
+        core.on_result(w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=seal)
+
+    @staticmethod
+    def _check_receipt(
+        link: _WorkerLink, rec: wire.ResultRecord, digest: bytes, batch: _Batch | None
+    ) -> bytes:
+        """Verify one result's receipt; returns what proves it to anyone: its signature,
+        or (batched) its seal, the batch signature with this result's Merkle path."""
+        if rec.leaf < 0:
+            verify_receipt(link.peer, digest, rec.signature)
+            return rec.signature
+        if batch is None or rec.leaf >= len(batch.leaves):
+            raise ProtocolError("a batched result came without its batch")
+        if batch.error is not None:
+            raise VerificationError(batch.error)
+        if batch.leaves[rec.leaf] != digest:
+            raise VerificationError("the result does not match the digest its batch signed")
+        return make_seal(batch.signature, rec.leaf, batch.tree.size, batch.tree.path(rec.leaf))
 
     def _forget(self, w: _Wire) -> None:
         self._wires.pop(w.wire_id, None)

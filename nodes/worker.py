@@ -3,7 +3,9 @@
 One stream carries many tasks in flight. Per stream, a reader task decodes frames and
 starts one trio task per received task; a writer task drains finished results and packs
 everything queued into one frame (batching without a timer: under load, results
-accumulate while the previous frame is written). Kernels run off the trio thread in a
+accumulate while the previous frame is written). When a frame carries more than one
+result, the writer signs once for all of them (``batch_sign``): a Merkle root over their
+receipt digests (``tasks.receipt``), each result still checkable alone by its path. Kernels run off the trio thread in a
 bounded thread pool (``trio.to_thread`` with a ``CapacityLimiter``) or, when configured,
 a process pool; only kinds marked ``inline`` (echo) run on the loop.
 
@@ -44,7 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
 
 import trio
@@ -66,7 +68,7 @@ from nodes.evidence import PROTOCOL_ID as EVIDENCE_PROTOCOL_ID
 from nodes.evidence import EvidenceService
 from nodes.metrics import NodeMetrics
 from nodes.reputation import Reputation
-from tasks.receipt import receipt_digest
+from tasks.receipt import receipt_digest, sign_batch
 from tasks.registry import Registry, TaskKind
 
 log = logging.getLogger("p2c2r.worker")
@@ -83,6 +85,10 @@ class WorkerConfig:
     max_queued: int = 8192
     #: Largest frame of results the writer packs before writing.
     max_batch_bytes: int = 4 * 1024 * 1024
+    #: Sign the results flushed together in one frame with one signature over the
+    #: Merkle root of their receipt digests (a lone result is signed on its own). Off:
+    #: one signature per result.
+    batch_sign: bool = True
     read_chunk: int = 256 * 1024
     #: Run each kernel once on a small example at start (in the background), so the first
     #: real task does not pay for imports and model loading (torch: ~1.5 s).
@@ -143,6 +149,18 @@ class Behaviour(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Unsigned:
+    """A result waiting for the writer to sign it, alone or in its frame's batch."""
+
+    record: wire.ResultRecord
+    digest: bytes
+
+
+#: What a stream's writer sends: results (signed or not yet), failures, raw frames.
+_Reply = wire.ResultRecord | wire.ErrorRecord | _Unsigned | bytes
+
+
 @dataclass
 class WorkerStats:
     received: int = 0
@@ -154,6 +172,9 @@ class WorkerStats:
     slow_senders: int = 0
     protocol_errors: int = 0
     streams: int = 0
+    #: Signatures made: one per lone result, one per batch.
+    signatures: int = 0
+    batches_signed: int = 0
     busy_s: float = 0.0
     per_kind: dict[str, int] = field(default_factory=dict)
 
@@ -206,6 +227,8 @@ class Worker:
         self.tamper: Callable[[wire.TaskRecord, bytes, bytes], tuple[bytes, bytes]] | None = None
         #: Test hook: a misbehaviour (``nodes.misbehave``) for adversarial tests.
         self.behaviour: Behaviour | None = None
+        #: Test hook: rewrites the records of a signed batch after signing, before sending.
+        self.tamper_batch: Callable[[list[wire.ResultRecord]], list[wire.ResultRecord]] | None = None
         #: What this node believes about other workers (bans from verified evidence).
         self.reputation = Reputation()
         self.evidence = EvidenceService(registry, self.reputation)
@@ -291,9 +314,7 @@ class Worker:
     async def _handle_stream(self, stream: Stream) -> None:
         peer = peer_id_to_str(stream.remote_peer)
         self.stats.streams += 1
-        send, recv = trio.open_memory_channel[wire.ResultRecord | wire.ErrorRecord | bytes](
-            self.config.max_queued
-        )
+        send, recv = trio.open_memory_channel[_Reply](self.config.max_queued)
         outcome: list[str] = []
 
         async def reader() -> None:
@@ -328,7 +349,7 @@ class Worker:
     async def _read_loop(
         self,
         stream: Stream,
-        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        send: trio.MemorySendChannel[_Reply],
         nursery: trio.Nursery,
         peer: str,
     ) -> None:
@@ -407,7 +428,7 @@ class Worker:
 
     async def _slow_sender(
         self,
-        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        send: trio.MemorySendChannel[_Reply],
         peer: str,
         waited: float,
         buffered: int,
@@ -429,7 +450,7 @@ class Worker:
         self,
         task: wire.TaskRecord,
         gamer: bytes,
-        send: trio.MemorySendChannel[wire.ResultRecord | wire.ErrorRecord | bytes],
+        send: trio.MemorySendChannel[_Reply],
         received_at: float,
     ) -> None:
         async with send:
@@ -437,8 +458,9 @@ class Worker:
             self.metrics.in_flight.inc()
             self.metrics.bytes_in.inc(len(task.data))
             try:
-                result = await self._compute(task, received_at)
-                reply: wire.ResultRecord | wire.ErrorRecord = result
+                done = await self._compute(task, received_at)
+                reply: wire.ResultRecord | wire.ErrorRecord | _Unsigned = done
+                result = done.record if isinstance(done, _Unsigned) else done
                 if self.behaviour is not None:
                     hold = self.behaviour.delay(task)
                     if hold is None:
@@ -466,7 +488,10 @@ class Worker:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("result for %s dropped: stream closed", task.task_id.hex())
 
-    async def _compute(self, task: wire.TaskRecord, received_at: float) -> wire.ResultRecord:
+    async def _compute(self, task: wire.TaskRecord, received_at: float) -> wire.ResultRecord | _Unsigned:
+        """Run the task; the result comes signed, or unsigned for the writer to sign
+        with the rest of its frame (``batch_sign``; never with test hooks installed,
+        which rewrite signed records one at a time)."""
         kind = self.registry.get(task.kind)
         params = kind.validate_params(task.params, len(task.data))
         budget = task.budget_ms / 1000 if task.budget_ms else None
@@ -504,8 +529,11 @@ class Worker:
             self.identity.peer_id_bytes,
             ts_ms,
         )
-        sig = self.identity.sign(d)
         payload, enc = wire.compress_payload(output)
+        if self.config.batch_sign and self.tamper is None and self.behaviour is None:
+            return _Unsigned(wire.ResultRecord(task.task_id, payload, enc, ts_ms, b""), d)
+        sig = self.identity.sign(d)
+        self.stats.signatures += 1
         if self.tamper is not None:
             payload, sig = self.tamper(task, payload, sig)
         result = wire.ResultRecord(task.task_id, payload, enc, ts_ms, sig)
@@ -525,16 +553,14 @@ class Worker:
         )
         return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
 
-    async def _write_loop(
-        self, stream: Stream, recv: trio.MemoryReceiveChannel[wire.ResultRecord | wire.ErrorRecord | bytes]
-    ) -> None:
+    async def _write_loop(self, stream: Stream, recv: trio.MemoryReceiveChannel[_Reply]) -> None:
         async with recv:
             async for first in recv:
                 if isinstance(first, bytes):
                     await write_chunked(stream, first)
                     continue
-                batch: list[wire.ResultRecord | wire.ErrorRecord] = [first]
-                size = len(first.output) if isinstance(first, wire.ResultRecord) else 64
+                batch: list[wire.ResultRecord | wire.ErrorRecord | _Unsigned] = [first]
+                size = _reply_size(first)
                 raw_frames: list[bytes] = []
                 while size < self.config.max_batch_bytes:
                     try:
@@ -544,13 +570,41 @@ class Worker:
                     if isinstance(nxt, bytes):
                         raw_frames.append(nxt)
                         continue
-                    n = len(nxt.output) if isinstance(nxt, wire.ResultRecord) else 64
+                    n = _reply_size(nxt)
                     if size + n > self.config.max_batch_bytes:
                         # Never pile a big result onto a batch: the frame could pass max_frame.
-                        await write_chunked(stream, wire.encode_results(batch))
+                        await write_chunked(stream, self._encode_results(batch))
                         batch, size = [], 0
                     batch.append(nxt)
                     size += n
-                await write_chunked(stream, wire.encode_results(batch))
+                await write_chunked(stream, self._encode_results(batch))
                 for f in raw_frames:
                     await write_chunked(stream, f)
+
+    def _encode_results(self, batch: list[wire.ResultRecord | wire.ErrorRecord | _Unsigned]) -> bytes:
+        """One frame for ``batch``, signing what is unsigned: alone, or as one batch."""
+        unsigned = [r for r in batch if isinstance(r, _Unsigned)]
+        rest = [r for r in batch if not isinstance(r, _Unsigned)]
+        if len(unsigned) == 1:
+            u = unsigned[0]
+            self.stats.signatures += 1
+            return wire.encode_results([*rest, replace(u.record, signature=self.identity.sign(u.digest))])
+        if not unsigned:
+            return wire.encode_results(rest)
+        signature, _ = sign_batch(self.identity, [u.digest for u in unsigned])
+        self.stats.signatures += 1
+        self.stats.batches_signed += 1
+        records = [u.record for u in unsigned]
+        if self.tamper_batch is not None:
+            records = self.tamper_batch(records)
+        # Records that came signed (test hooks) travel in an "R" frame of their own.
+        signed = [r for r in rest if isinstance(r, wire.ResultRecord)]
+        errors = [r for r in rest if isinstance(r, wire.ErrorRecord)]
+        frame = wire.encode_signed_results([*records, *errors], signature, [u.digest for u in unsigned])
+        return frame + wire.encode_results(list(signed)) if signed else frame
+
+
+def _reply_size(r: wire.ResultRecord | wire.ErrorRecord | _Unsigned) -> int:
+    if isinstance(r, _Unsigned):
+        return len(r.record.output)
+    return len(r.output) if isinstance(r, wire.ResultRecord) else 64

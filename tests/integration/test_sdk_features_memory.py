@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from mesh import wire
-from mesh.errors import TaskTimeoutError
+from mesh.errors import TaskTimeoutError, VerificationError
 from mesh.memory import LinkModel, MemoryHost, MemoryNetwork
 from nodes.gamer import GamerClient, GamerConfig
 from nodes.sdk_cores import CachedResult, QualityLevel, TimeoutConfig
@@ -402,3 +402,70 @@ async def test_quality_params_for_callers_that_submit_themselves(autojump_clock:
         level = q.level
         assert q.observe(0.5, level) != level  # way over 2/60 s: one step down
         assert q.params()["mode"] == "fast"
+
+
+# ---------------------------------------------------------------- batch signatures
+
+
+async def test_results_flushed_together_share_one_signature_and_each_is_verified(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(1) as m:
+        handles = await m.gamer.submit_many([("reverse", b"b-%d" % i, None) for i in range(10)])
+        assert [await h.result() for h in handles] == [(b"b-%d" % i)[::-1] for i in range(10)]
+        w = m.workers[0].stats
+        assert w.batches_signed >= 1 and w.signatures < 10
+        assert m.gamer.stats.verified == 10 and m.gamer.stats.verification_failures == 0
+        # What each result is remembered with is its own seal, checkable alone.
+        from tasks.receipt import receipt_digest, verify_receipt
+
+        for entry in m.gamer.cache._entries.values():
+            assert len(entry.signature) > 64  # a seal: the batch signature and a path
+            d = receipt_digest(
+                entry.task_id,
+                "reverse",
+                wire.params_digest({}),
+                wire.digest(entry.output[::-1]),  # the input of a reverse
+                wire.digest(entry.output),
+                entry.worker,
+                entry.ts_ms,
+            )
+            verify_receipt(entry.worker, d, entry.signature)
+
+
+async def test_tampering_with_one_result_of_a_batch_fails_that_result_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_mesh(1) as m:
+
+        def lie_about_the_last(records: list[wire.ResultRecord]) -> list[wire.ResultRecord]:
+            return [*records[:-1], replace(records[-1], output=b"lies")]
+
+        m.workers[0].tamper_batch = lie_about_the_last
+        handles = await m.gamer.submit_many([("reverse", b"t-%d" % i, None) for i in range(6)])
+        outcomes: list[bytes | str] = []
+        for h in handles:
+            try:
+                outcomes.append(await h.result())
+            except VerificationError:
+                outcomes.append("rejected")
+        assert m.workers[0].stats.batches_signed == 1
+        assert outcomes.count("rejected") == 1  # only the tampered one
+        assert [o for o in outcomes if o != "rejected"] == [
+            (b"t-%d" % i)[::-1] for i in range(6) if outcomes[i] != "rejected"
+        ]
+        assert m.gamer.stats.verification_failures == 1
+
+
+async def test_batch_signing_can_be_turned_off(autojump_clock: trio.abc.Clock) -> None:
+    net = MemoryNetwork(5, link=LinkModel(delay_s=DELAY))
+    async with net.open_host() as wh, net.open_host() as gh, trio.open_nursery() as nursery:
+        worker = Worker(wh, wh.identity, REGISTRY, WorkerConfig(concurrency=2, batch_sign=False))
+        await nursery.start(worker.run)
+        async with GamerClient.connect(host=gh, config=RAW, registry=REGISTRY) as gamer:
+            await gamer.add_worker(wh.listen_addrs()[0])
+            assert await gamer.map("reverse", [b"o-%d" % i for i in range(8)]) == [
+                (b"o-%d" % i)[::-1] for i in range(8)
+            ]
+        assert worker.stats.signatures == 8 and worker.stats.batches_signed == 0
+        nursery.cancel_scope.cancel()
