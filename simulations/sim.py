@@ -73,7 +73,7 @@ from mesh.membership import (
     PeerJoined,
     PeerSuspected,
 )
-from nodes.reputation import Evidence, Reputation, ReputationConfig
+from nodes.reputation import Evidence, Reputation, ReputationConfig, ReputationTrust
 from nodes.scheduler import (
     LeaseGranted,
     OverflowToRegion,
@@ -251,6 +251,13 @@ class _Lane:
         self.samples: list[tuple[int, float]] = []
 
 
+class _SimTrust(ReputationTrust):
+    """``nodes.reputation.ReputationTrust`` over the simulator's peer names (no base58)."""
+
+    def _peer(self, worker: str) -> bytes | None:
+        return worker.encode()
+
+
 class _Gamer:
     """One gamer's SDK: the real verification core, its reputation and adaptive timeouts."""
 
@@ -279,8 +286,11 @@ class _Gamer:
         self.rep = rep
         self.timeouts = AdaptiveTimeouts()
         #: Lease round trips (kind "lease"): the placement request timeout.
-        self.lease_timeouts = AdaptiveTimeouts(TimeoutConfig(initial_s=REQUEST_TIMEOUT_S, minimum_s=0.25,
-                                                             maximum_s=5.0))  # fmt: skip
+        # Floored at the fixed timeout: only grants (fast) are sampled, and a request may wait
+        # in the coordinator's queue for ``max_queue_wait_s`` before its answer.
+        self.lease_timeouts = AdaptiveTimeouts(
+            TimeoutConfig(initial_s=REQUEST_TIMEOUT_S, minimum_s=REQUEST_TIMEOUT_S, maximum_s=5.0)
+        )
         self.tick_at = math.inf
         #: Connected workers -> the incarnation connected to.
         self.conn: dict[int, int] = {}
@@ -774,9 +784,10 @@ class Simulation:
             self._count("coordinator_overlap")
             self._coordinator_lost(old, "superseded")
         pid = self.w.peer_ids[v.peer]
+        # The coordinator's scheduler consults its node's reputation (``nodes.node.with_trust``).
         sched = Scheduler(
             random.Random(concern_seed(self.w.seed, "sched", r * 100_003 + epoch)),
-            self.sched_cfg,
+            replace(self.sched_cfg, trust=_SimTrust(self._node_reputation(v.peer))),
             policy_by_name(self.policy),
             region=self.scn.network.regions[r],
         )
@@ -789,7 +800,7 @@ class Simulation:
         # members of its region and seeds its scheduler with them (nodes.control's
         # ``_seed_coordinator``), itself included.
         for p in sorted(q for slot in self.slot_peers[r] for q in slot):
-            if self.peers[p].online and not self._coord_bans(c, p):
+            if self.peers[p].online:
                 hb = self._peer_heartbeat(p, now)
                 if p == v.peer:
                     c.last_view[pid] = (hb.queue_depth, hb.incarnation, hb.load)
@@ -832,16 +843,15 @@ class Simulation:
             if isinstance(eff, (PeerJoined, PeerAlive)):
                 hb = eff.heartbeat
                 p = self.peer_index[hb.peer]
-                if not self._coord_bans(c, p):
-                    c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
-                    sched.on_worker(
-                        hb.peer,
-                        self.w.capacity[p],
-                        now,
-                        queue_depth=hb.queue_depth,
-                        load=hb.load,
-                        coord=hb.coord,
-                    )
+                c.last_view[hb.peer] = (hb.queue_depth, hb.incarnation, hb.load)
+                sched.on_worker(
+                    hb.peer,
+                    self.w.capacity[p],
+                    now,
+                    queue_depth=hb.queue_depth,
+                    load=hb.load,
+                    coord=hb.coord,
+                )
             elif isinstance(eff, (PeerSuspected, PeerDead)):
                 c.last_view.pop(eff.peer, None)
                 sched.on_worker_gone(eff.peer, now)
@@ -1020,7 +1030,6 @@ class Simulation:
         now = self.loop.now
         mem = c.membership
         sched = c.scheduler
-        banned = self.coord_banned.get(c.peer)
         cap = self.w.capacity
         last_view = c.last_view
         touched = False
@@ -1036,7 +1045,7 @@ class Simulation:
                     )
                     touched = True
                 continue
-            if (banned and p in banned and self._coord_bans(c, p)) or not mem.on_heartbeat(hb, now):
+            if not mem.on_heartbeat(hb, now):
                 continue
             effects = mem.poll_effects()
             view = (hb.queue_depth, hb.incarnation, hb.load)
@@ -1142,8 +1151,12 @@ class Simulation:
         if not c.alive:
             return
         now = self.loop.now
+        trust = c.scheduler.config.trust
         for w, svc in samples:
-            c.scheduler.on_completion(self.w.peer_ids[w], req.kind, svc, now)
+            pid = self.w.peer_ids[w]
+            c.scheduler.on_completion(pid, req.kind, svc, now)
+            if trust is not None:
+                trust.observed(pid, now)  # as ``nodes.coordinator`` does with gamers' samples
         c.scheduler.submit(req, now)
         self._sched_touch(c)
 
@@ -1259,9 +1272,8 @@ class Simulation:
             self.gamers_in_region[g.region].append(g)
         #: Worker -> the gamers holding a link to it.
         self.links_of: dict[int, dict[_Gamer, None]] = {}
-        #: Each coordinator node's own reputation (evidence handed to it), and whom it bans.
+        #: Each coordinator node's own reputation (evidence handed to it).
         self.coord_rep: dict[int, Reputation] = {}
-        self.coord_banned: dict[int, dict[int, None]] = {}
         self.task_seq = 0
         #: Busy seconds by copy role ("primary", ..., "probe") and who got banned.
         self.role_busy: dict[str, float] = {}
@@ -1357,7 +1369,10 @@ class Simulation:
         latency = self.loop.now - t0
         g.timeouts.observe(st.kind, latency)
         wrong = eff.output[:1] == b"w"
-        self._record(lane, w, t0, latency, g.svc_last.get(w, math.nan), WRONG if wrong else OK)
+        svc = g.svc_last.get(w, math.nan)
+        self._record(lane, w, t0, latency, svc, WRONG if wrong else OK)
+        if len(lane.samples) < 32:
+            lane.samples.append((w, svc))  # verified results only, as ``nodes.mesh_client`` reports
         lane.misses = 0
         if st.closed:
             lane.busy -= 1
@@ -1434,33 +1449,26 @@ class Simulation:
         g.core.ban(ev.accused, now, f"evidence:{proof.value}")
         self._drain(g)
 
+    def _node_reputation(self, p: int) -> Reputation:
+        """Node ``p``'s own reputation (kept across its terms as coordinator)."""
+        rep = self.coord_rep.get(p)
+        if rep is None:
+            rep = self.coord_rep[p] = Reputation(self.rconf)
+        return rep
+
     def _coord_evidence(self, c: _Coordinator, ev: Evidence) -> None:
-        """A coordinator node verifies evidence (``nodes.evidence.EvidenceService``) and stops
-        leasing a worker its reputation bans (a simulator shell decision: ``nodes.control``
-        does not consult the node's reputation yet)."""
+        """A coordinator node verifies evidence (``nodes.evidence``) and applies it to its
+        reputation, which its scheduler consults (a banned worker gets no lease)."""
         if not c.alive:
             return
-        rep = self.coord_rep.setdefault(c.peer, Reputation(self.rconf))
+        rep = self._node_reputation(c.peer)
         if not rep.first_sight(ev):
             return
         proof = self._proof(ev)
-        now = self.loop.now
-        if proof is None or rep.apply_evidence(ev, proof, now) is None:
+        if proof is None or rep.apply_evidence(ev, proof, self.loop.now) is None:
             self._count("coordinator_evidence_not_banned")
             return
-        w = self.wb_index[ev.accused]
-        self.coord_banned.setdefault(c.peer, {})[w] = None
         self._count("coordinator_bans")
-        pid = self.w.peer_ids[w]
-        c.last_view.pop(pid, None)
-        c.scheduler.on_worker_gone(pid, now)
-        self._sched_touch(c)
-
-    def _coord_bans(self, c: _Coordinator, p: int) -> bool:
-        banned = self.coord_banned.get(c.peer)
-        if banned is None or p not in banned:
-            return False
-        return self.coord_rep[c.peer].is_banned(self.wb[p], self.loop.now)
 
     # -- data plane ------------------------------------------------------------------------
 
@@ -1570,8 +1578,6 @@ class Simulation:
             return
         wb = self.wb[w]
         out = wrong_output(data, wb, self.collude) if wrong else right_output(data)
-        if lane is not None and len(lane.samples) < 32:
-            lane.samples.append((w, svc))
         g.svc_last[w] = svc
         if self.no_core:
             item = g.pending.get(wire_id)
