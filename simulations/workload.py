@@ -58,16 +58,30 @@ def _output_bytes(kind: str, params: dict[str, Any], data_len: int) -> int:
 
 
 def load_calibration(path: str) -> dict[tuple[str, str], float]:
-    """``(kind, size) -> ms`` from a bench_kernels JSON; empty when absent or unreadable."""
+    """``(kind, size) -> ms`` (and ``(kind, "size/variant")`` for kinds benchmarked per
+    variant, e.g. upscale's ``mode``) from a ``scripts/bench_kernels.py --json`` file; empty
+    when absent or unreadable.
+
+    Current files carry, per (kind, size, variant), ``execute_ms`` (the whole ``execute``:
+    decode, compute, encode, at the kind's default parameters) and ``default_ms`` (the compute
+    core a CPU-only node runs, for that variant): a plain size uses ``execute_ms``, a named
+    variant ``default_ms``. Older files (``impl == "execute (default)"``, ``ms``) still load.
+    """
     if not path or not Path(path).is_file():
         return {}
     try:
         doc = json.loads(Path(path).read_text())
-        return {
-            (str(r["kind"]), str(r["size"])): float(r["ms"])
-            for r in doc.get("results", [])
-            if r.get("impl") == "execute (default)"
-        }
+        out: dict[tuple[str, str], float] = {}
+        for r in doc.get("results", []):
+            kind, size = str(r["kind"]), str(r["size"])
+            if "impl" in r:
+                if r["impl"] == "execute (default)":
+                    out[(kind, size)] = float(r["ms"])
+            elif r.get("variant"):
+                out[(kind, f"{size}/{r['variant']}")] = float(r["default_ms"])
+            else:
+                out[(kind, size)] = float(r["execute_ms"])
+        return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -88,8 +102,12 @@ def profile_for(
     kind = default_registry().get(w.kind)
     ex_params, data_len = _example(w.kind, w.size)
     params = kind.validate_params({**ex_params, **dict(w.params)}, data_len)
-    if (w.kind, w.size) in calibration and not w.params:
-        cost, source = calibration[(w.kind, w.size)], f"bench:{cal_name}"
+    extra = dict(w.params)
+    variant = f"{w.size}/{extra.pop('mode')}" if "mode" in extra else w.size
+    if (w.kind, variant) in calibration and not extra:
+        # Only where the workload runs the benchmarked input (its parameters differ at most
+        # in the benchmarked variant); other sizes fall back to the kind's cost model.
+        cost, source = calibration[(w.kind, variant)], f"bench:{cal_name}"
     else:
         cost, source = float(kind.cost(params, data_len)), "cost()"
     rec = wire.TaskRecord(b"\0" * wire.TASK_ID_LEN, w.kind, params, b"", wire.ENC_RAW, int(w.deadline_ms))

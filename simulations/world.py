@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def build_world(scn: Scenario, seed: int) -> World:
     hb_phase = [hrng.random() * scn.control.heartbeat_interval_s for _ in range(P)]
 
     cal = load_calibration(scn.calibration)
-    profiles = [profile_for(w, cal, scn.calibration) for w in scn.workloads]
+    profiles = [profile_for(w, cal, Path(scn.calibration).name) for w in scn.workloads]
     kinds = sorted({w.kind for w in scn.workloads})
     capacity = [{k: classes[cls[i]].cores for k in kinds} for i in range(P)]
     return World(

@@ -51,3 +51,15 @@ def test_costs_come_from_the_kinds_cost_function_without_a_bench_file() -> None:
     )
     bench = profile_for(wl, {("physics_step", "small"): 12.5}, "b.json")
     assert bench.cost_ms == 12.5 and bench.source == "bench:b.json"
+
+
+def test_the_shipped_kernel_benchmark_calibrates_global_costs() -> None:
+    from simulations.workload import load_calibration
+
+    root = Path(__file__).resolve().parents[2]
+    cal = load_calibration(str(root / "docs" / "bench_kernels.json"))
+    assert cal, "docs/bench_kernels.json no longer parses: costs would silently fall back"
+    w = build_world(load_scenario(root / "simulations" / "scenarios" / "global.toml"), 1)
+    assert all(p.source == "bench:bench_kernels.json" for p in w.profiles)
+    frames = next(p for p, wl in zip(w.profiles, w.scenario.workloads, strict=True) if wl.name == "frames")
+    assert frames.cost_ms == cal[("upscale", "medium/fast")]
