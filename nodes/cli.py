@@ -92,7 +92,7 @@ def _node_config(args: argparse.Namespace) -> Any:
     node_t = conf.get("node", {})
     worker_t = conf.get("worker", {})
     known_node = {"listen", "key_file", "peers", "bootstrap", "region", "voters", "mdns"}
-    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup"}
+    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup", "batch_sign"}
     for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
         extra = sorted(set(table) - known)
         if extra:
@@ -116,6 +116,10 @@ def _node_config(args: argparse.Namespace) -> Any:
         wc = replace(wc, warmup=True)
     if "max_queued" in worker_t:
         wc = replace(wc, max_queued=int(worker_t["max_queued"]))
+    if "batch_sign" in worker_t:
+        if not isinstance(worker_t["batch_sign"], bool):
+            raise ConfigError("[worker] batch_sign must be true or false")
+        wc = replace(wc, batch_sign=worker_t["batch_sign"])
     max_frame_mib = args.max_frame_mib or worker_t.get("max_frame_mib")
     if max_frame_mib:
         wc = replace(wc, max_frame=int(float(max_frame_mib) * 1024 * 1024))

@@ -685,21 +685,24 @@ class GamerClient:
         others = [w for w in self.workers() if w != avoid and not self.reputation.is_banned(w, now)]
         if not others:
             return  # nobody else to ask: the hedge could only add load
+        core = self._core
+        user_placer = core.placer
+        cands = sorted((w, len(self._by_peer[w].pending)) for w in others if w in self._by_peer)
+        if not cands:
+            return
+        if user_placer is not None:
+            # The control plane's choice (e.g. leases) binds hedges too: no pick, no hedge.
+            target = user_placer(ut.kind, cands)
+            if target is None or all(w != target for w, _ in cands):
+                return
+        else:
+            target = min(cands, key=lambda c: (c[1], c[0]))[0]
         if not self.hedge_budget.try_spend():
             self.stats.hedges_denied += 1
             return
-        core = self._core
-        user_placer = core.placer
 
         def elsewhere(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
-            rest = [(w, n) for w, n in cands if w != avoid]
-            if not rest:
-                return None
-            if user_placer is not None:
-                chosen = user_placer(kind, rest)
-                if chosen is not None and any(w == chosen for w, _ in rest):
-                    return chosen
-            return min(rest, key=lambda c: (c[1], c[0]))[0]
+            return target
 
         hid = os.urandom(wire.TASK_ID_LEN)
         self._hedge_of[hid] = ut.handle.task_id

@@ -13,6 +13,23 @@ yamux), and measures from a gamer in this process:
 - ``executor``: real kernels (720p->1440p upscale, physics, flocking) on one worker
   started with ``--executor thread`` and then ``--executor process`` (2 kernels at once).
 
+``--features`` (on by default, ``--skip-features`` to leave out) measures each
+optimisation on and off on the same workers, prints a table and adds it to the JSON
+under ``features``:
+
+- ``pipelining``: 1 task in flight vs 256 (one task per frame either way);
+- ``batched_frames``: 1,024 in flight, one task per frame vs tasks packed into frames;
+- ``batch_signature``: ``submit_many`` batches of 256 against a worker signing each
+  result vs one signing one Merkle root per frame (``[worker] batch_sign``);
+- ``result_cache``: 1 task in flight, 20 distinct inputs repeated, cache off vs on;
+- ``adaptive_timeouts``: seconds until a task sent to a worker that never answers
+  (``--misbehave drop``) fails: the fixed 30 s default vs the learned deadline;
+- ``hedging``: 1 task in flight, every 10th placed on a worker that answers 0.2 s late
+  (``--misbehave slow``): p50/p99 without and with hedged requests;
+- ``payload_codec``: 720p->1440p upscale output as JPEG vs WebP vs PNG, and a
+  physics world as raw vs zstd arrays: bytes per result and tasks/s;
+- ``executor``: thread vs process (the section below).
+
 Every result's signature and binding to its task are checked by the SDK, as in production.
 The transport figures run with ``VerificationConfig.off()`` (no redundancy or spot
 checks, so each task travels once); ``pipelined_default_policy`` repeats the pipelined
@@ -28,6 +45,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +54,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mesh.errors import TaskTimeoutError
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import GamerClient, GamerConfig
 from nodes.verification import VerificationConfig
@@ -132,6 +151,197 @@ async def mib(addr: str, n: int) -> dict[str, Any]:
     }
 
 
+RAW = GamerConfig(verification=OFF)
+#: For runs that send the same input again and mean to compute it again.
+NOCACHE = replace(RAW, cache_entries=0)
+
+
+async def _latencies(g: GamerClient, inputs: list[bytes], deadline: float | None = None) -> list[float]:
+    lat = []
+    for data in inputs:
+        t = time.perf_counter()
+        await g.run("echo", data, deadline=deadline)
+        lat.append((time.perf_counter() - t) * 1000)
+    return lat
+
+
+async def cache_onoff(addr: str, n: int) -> dict[str, Any]:
+    inputs = [(i % 20).to_bytes(8, "big") * 8 for i in range(n)]
+    out: dict[str, Any] = {}
+    for label, cfg in (("off", replace(RAW, cache_entries=0)), ("on", RAW)):
+        async with GamerClient.connect([addr], config=cfg) as g:
+            t = time.perf_counter()
+            lat = await _latencies(g, inputs)
+            wall = time.perf_counter() - t
+            out[label] = {
+                "tasks_per_s": round(n / wall, 1),
+                "p50_ms": pct(lat, 50),
+                "cache_hits": g.stats.cache_hits,
+            }
+    return out
+
+
+async def timeouts_onoff(good: str, dead: str, dead_peer: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, cfg in (
+        ("off", replace(RAW, adaptive_timeouts=None, hedge=False)),
+        ("on", replace(RAW, hedge=False)),
+    ):
+        async with GamerClient.connect([good, dead], config=cfg) as g:
+            to_dead = [False]
+
+            def placer(
+                kind: str, cands: list[tuple[bytes, int]], to_dead: list[bool] = to_dead
+            ) -> bytes | None:
+                return dead_peer if to_dead[0] else next((w for w, _ in cands if w != dead_peer), None)
+
+            g.set_placement(placer)
+            await _latencies(g, [i.to_bytes(8, "big") for i in range(50)])  # learn
+            to_dead[0] = True
+            t = time.perf_counter()
+            try:
+                await g.run("echo", b"never answered")
+            except TaskTimeoutError:
+                pass
+            out[label] = {"seconds_to_fail": round(time.perf_counter() - t, 3)}
+    return out
+
+
+async def hedging_onoff(fast: str, slow_peer: bytes, slow: str, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, cfg in (("off", replace(RAW, hedge=False)), ("on", RAW)):
+        async with GamerClient.connect([fast, slow], config=cfg) as g:
+            count = 0
+
+            def placer(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
+                nonlocal count
+                count += 1
+                if count % 10 == 0 and any(w == slow_peer for w, _ in cands):
+                    return slow_peer
+                return next((w for w, _ in cands if w != slow_peer), None)
+
+            await _latencies(g, [b"warm-%d" % i for i in range(20)])  # learn, all on the fast one
+            g.set_placement(placer)
+            lat = await _latencies(g, [i.to_bytes(8, "big") * 8 for i in range(n)], deadline=5.0)
+            out[label] = {
+                "p50_ms": pct(lat, 50),
+                "p99_ms": pct(lat, 99),
+                "mean_ms": round(float(np.mean(lat)), 3),
+                "hedges": g.stats.hedges,
+                "hedges_denied": g.stats.hedges_denied,
+            }
+    return out
+
+
+async def codec_compare(addr: str, n: int) -> dict[str, Any]:
+    from tasks.registry import default_registry
+
+    reg = default_registry()
+    rng = np.random.default_rng(3)
+    params, frame = reg.get("upscale").example(rng, "large")  # type: ignore[misc]
+    wparams, world = reg.get("physics_step").example(rng, "medium")  # type: ignore[misc]
+    runs = [("upscale", frame, {**params, "codec": c}, f"upscale_{c}") for c in ("jpeg", "webp", "png")]
+    runs += [("physics_step", world, {**wparams, "codec": c}, f"physics_{c}") for c in ("raw", "zstd")]
+    out: dict[str, Any] = {}
+    async with GamerClient.connect([addr], config=NOCACHE) as g:
+        for kind, data, p, label in runs:
+            outs = await g.map(kind, [data] * 2, p, deadline=120)  # warm up
+            t = time.perf_counter()
+            await g.map(kind, [data] * n, p, deadline=300)
+            out[label] = {
+                "bytes_out": len(outs[0]),
+                "tasks_per_s": round(n / (time.perf_counter() - t), 2),
+            }
+    return out
+
+
+async def features(addrs: list[str], tmp: Path, quick: bool) -> dict[str, Any]:
+    """Each optimisation on and off, on the same machine and workers."""
+    n = 1000 if quick else 5000
+    f: dict[str, Any] = {}
+    seq = await throughput(addrs[:1], 300 if quick else 2000, replace(RAW, max_batch_tasks=1), 1)
+    piped = await throughput(addrs, n, replace(RAW, max_batch_tasks=1), 256)
+    f["pipelining"] = {"off": seq, "on": piped}
+    f["batched_frames"] = {
+        "off": await throughput(addrs, n, replace(RAW, max_batch_tasks=1), 1024),
+        "on": await throughput(addrs, n, RAW, 1024),
+    }
+    conf = tmp / "no-batch-sign.toml"
+    conf.write_text("[worker]\nbatch_sign = false\n")
+    special = [
+        await start_worker(tmp / "nb.key", tmp, 1, extra=["--config", str(conf)]),
+        await start_worker(tmp / "drop.key", tmp, 1, extra=["--misbehave", "drop"]),
+        await start_worker(tmp / "slow.key", tmp, 1, extra=["--misbehave", "slow:delay=0.2"]),
+    ]
+    try:
+        async with trio.open_nursery() as drains:
+            for p in special:
+                drains.start_soon(_drain, p.proc)
+            nb, drop, slow = special
+            peers = {}
+            async with GamerClient.connect([nb.addr, drop.addr, slow.addr], config=RAW) as probe:
+                for p, w in zip(special, probe.workers(), strict=True):
+                    peers[p.addr] = w
+            f["batch_signature"] = {
+                "off": await batched([nb.addr], n, 256),
+                "on": await batched(addrs[:1], n, 256),
+            }
+            f["result_cache"] = await cache_onoff(addrs[0], 500 if quick else 2000)
+            f["adaptive_timeouts"] = await timeouts_onoff(addrs[0], drop.addr, peers[drop.addr])
+            f["hedging"] = await hedging_onoff(addrs[0], peers[slow.addr], slow.addr, 300 if quick else 1000)
+            f["payload_codec"] = await codec_compare(addrs[0], 6 if quick else 20)
+            drains.cancel_scope.cancel()
+    finally:
+        await stop_workers(special)
+    return f
+
+
+def feature_table(f: dict[str, Any]) -> str:
+    """One row per optimisation: the figure that it moves, off and on."""
+    rows = [("optimisation", "figure", "off", "on")]
+
+    def row(name: str, figure: str, key: str) -> None:
+        if name in f:
+            rows.append((name, figure, str(f[name]["off"][key]), str(f[name]["on"][key])))
+
+    row("pipelining", "tasks/s", "tasks_per_s")
+    row("batched_frames", "tasks/s", "tasks_per_s")
+    row("batch_signature", "tasks/s (submit_many)", "tasks_per_s")
+    row("result_cache", "tasks/s (20 inputs repeated)", "tasks_per_s")
+    row("adaptive_timeouts", "s until a lost task fails", "seconds_to_fail")
+    row("hedging", "p99 ms (1 in 10 on a slow worker)", "p99_ms")
+    row("hedging", "mean ms", "mean_ms")
+    if "payload_codec" in f:
+        pc = f["payload_codec"]
+        for a, b in (
+            ("upscale_png", "upscale_jpeg"),
+            ("upscale_png", "upscale_webp"),
+            ("physics_raw", "physics_zstd"),
+        ):
+            if a in pc and b in pc:
+                rows.append(
+                    (
+                        f"codec {b.split('_')[1]} vs {a.split('_')[1]}",
+                        "bytes out",
+                        str(pc[a]["bytes_out"]),
+                        str(pc[b]["bytes_out"]),
+                    )
+                )
+                rows.append(("", "tasks/s", str(pc[a]["tasks_per_s"]), str(pc[b]["tasks_per_s"])))
+    if "executor" in f:
+        for kind, v in f["executor"].get("thread", {}).items():
+            rows.append(
+                (
+                    "executor: thread (off) vs process (on)",
+                    f"{kind} tasks/s",
+                    str(v),
+                    str(f["executor"]["process"][kind]),
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
 async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
     from tasks.registry import default_registry
 
@@ -149,7 +359,7 @@ async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
         try:
             async with trio.open_nursery() as drains:
                 drains.start_soon(_drain, proc.proc)
-                async with GamerClient.connect([proc.addr], verification=OFF) as g:
+                async with GamerClient.connect([proc.addr], config=NOCACHE) as g:
                     res: dict[str, Any] = {}
                     for kind, (params, data) in work.items():
                         await g.map(kind, [data] * 2, params, deadline=120)  # warm up (imports, models)
@@ -196,11 +406,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 print("batched", res["batched"], flush=True)
                 res["mib"] = await mib(addrs[0], 30 if quick else 200)
                 print("1 MiB", res["mib"], flush=True)
+                if not args.skip_features:
+                    res["features"] = await features(addrs, Path(tmp), quick)
                 drains.cancel_scope.cancel()
         finally:
             await stop_workers(procs)
         if not args.skip_kernels:
             res["executor"] = await executor_compare(Path(tmp), quick)
+            if "features" in res:
+                res["features"]["executor"] = res["executor"]
+        if "features" in res:
+            print(feature_table(res["features"]), flush=True)
     return res
 
 
@@ -209,6 +425,7 @@ if __name__ == "__main__":
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--quick", action="store_true", help="a reduced run")
     ap.add_argument("--skip-kernels", action="store_true", help="skip the thread/process executor comparison")
+    ap.add_argument("--skip-features", action="store_true", help="skip the on/off table of each optimisation")
     a = ap.parse_args()
     out = trio.run(main, a)
     if a.json:

@@ -39,7 +39,7 @@ from mesh.errors import (
 )
 from mesh.identity import Identity, peer_id_from_str
 from mesh.libp2p_host import Libp2pStream, open_host
-from nodes.gamer import GamerClient, SyncGamerClient
+from nodes.gamer import GamerClient, GamerConfig, SyncGamerClient
 from nodes.verification import VerificationConfig
 from nodes.worker import Worker, WorkerConfig
 from tasks.registry import default_registry
@@ -326,7 +326,10 @@ async def test_forged_and_replayed_results_are_rejected(workers: list[NodeProces
                 # A bad signature on an authenticated stream bans its sender at once.
                 assert gamer.stats.verification_failures == 1
                 assert gamer.banned() == [ident.peer_id_bytes]
-            async with GamerClient.connect([host.listen_addrs()[0]]) as gamer:  # fresh reputation
+            # Fresh reputation, and no result cache: it would answer the repeat itself.
+            async with GamerClient.connect(
+                [host.listen_addrs()[0]], config=GamerConfig(cache_entries=0)
+            ) as gamer:
                 assert await gamer.run("echo", b"same", {"tag": "replay"}) == b"same"
                 with pytest.raises(VerificationError):
                     await gamer.run("echo", b"same", {"tag": "replay"})

@@ -119,6 +119,15 @@ async def open_mesh(
         yield Mesh(workers, hosts, gamer)
 
 
+def prefer(peer: bytes) -> Callable[[str, list[tuple[bytes, int]]], bytes | None]:
+    """A placer that picks ``peer`` whenever it is a candidate, else the first one."""
+
+    def placer(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
+        return peer if any(w == peer for w, _ in cands) else cands[0][0]
+
+    return placer
+
+
 def received(m: Mesh) -> int:
     return sum(w.stats.received for w in m.workers)
 
@@ -191,7 +200,7 @@ async def test_answers_of_a_banned_worker_are_not_served_from_the_cache(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with open_mesh(2) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        m.gamer.set_placement(prefer(m.peer(0)))
         assert await m.gamer.run("reverse", b"ab") == b"ba"
         m.gamer.reputation.ban(m.peer(0), trio.current_time())
         handle = await m.gamer.submit("reverse", b"ab")
@@ -225,7 +234,7 @@ async def test_a_slow_task_is_hedged_after_the_learned_delay_and_the_first_answe
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with open_mesh(2, hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))  # primaries go to the slow one
+        m.gamer.set_placement(prefer(m.peer(0)))  # primaries go to the slow one
         await train(m)
         assert m.gamer.timeouts is not None
         delay = m.gamer.timeouts.hedge_delay("reverse")
@@ -249,7 +258,7 @@ async def test_a_slow_task_is_hedged_after_the_learned_delay_and_the_first_answe
 
 async def test_a_task_answered_in_time_is_not_hedged(autojump_clock: trio.abc.Clock) -> None:
     async with open_mesh(2, hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        m.gamer.set_placement(prefer(m.peer(0)))
         await train(m, 20)
         assert m.gamer.stats.hedges == 0 and m.workers[1].stats.received == 0
 
@@ -257,7 +266,7 @@ async def test_a_task_answered_in_time_is_not_hedged(autojump_clock: trio.abc.Cl
 async def test_hedges_are_capped_by_the_budget(autojump_clock: trio.abc.Clock) -> None:
     cfg = replace(RAW, hedge_fraction=0.0, hedge_burst=2.0)
     async with open_mesh(2, config=cfg, hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        m.gamer.set_placement(prefer(m.peer(0)))
         await train(m)
         handles = await m.gamer.submit_many([("reverse", b"slow-%d" % i, None) for i in range(6)])
         outs = [await h.result() for h in handles]
@@ -267,9 +276,20 @@ async def test_hedges_are_capped_by_the_budget(autojump_clock: trio.abc.Clock) -
         assert [h.worker == m.peer(1) for h in handles].count(True) == 2
 
 
+async def test_hedges_go_only_where_the_placer_allows(autojump_clock: trio.abc.Clock) -> None:
+    # A control plane that leases only worker 0: a hedge elsewhere would break the lease.
+    async with open_mesh(2, hold={0: Hold(slow_if_tagged)}) as m:
+        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        await train(m)
+        handle = await m.gamer.submit("reverse", b"slow-leased", deadline=5.0)
+        assert await handle.result() == b"desael-wols"
+        assert handle.worker == m.peer(0) and m.workers[1].stats.received == 0
+        assert m.gamer.stats.hedges == 0 and m.gamer.hedge_budget.spent == 0
+
+
 async def test_hedging_can_be_turned_off(autojump_clock: trio.abc.Clock) -> None:
     async with open_mesh(2, config=replace(RAW, hedge=False), hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        m.gamer.set_placement(prefer(m.peer(0)))
         await train(m)
         t0 = trio.current_time()
         assert await m.gamer.run("reverse", b"slow-x", deadline=5.0) == b"x-wols"
