@@ -244,6 +244,13 @@ class ElectionConfig:
     lease_s: float = 1.5
     renew_interval_s: float = 0.5
     claim_timeout_s: float = 0.2
+    #: After each claim that timed out, the next one waits twice as long for its votes (and
+    #: retries after a jitter twice as wide), up to this factor; reset once a coordinator is
+    #: seen. Under CPU starvation a vote's round trip can exceed ``claim_timeout_s``: with a
+    #: fixed timeout every claim then failed and voters stayed promised to stale claims
+    #: (12 loaded processes on 2 cores: 150+ epochs, no winner). Backing off, like Raft's
+    #: randomised timeouts, lets one claim outlast the delay. A fast network never backs off.
+    claim_backoff_max: float = 8.0
     #: Must exceed an intra-region round trip, or neighbouring ranks split the vote.
     rank_stagger_s: float = 0.1
     #: Members ranked at or beyond this never claim (keeps big regions from stampeding).
@@ -258,6 +265,8 @@ class ElectionConfig:
             raise ConfigError("election renew_interval_s must be below half the effective lease")
         if not 0 <= self.drift_margin < 0.5:
             raise ConfigError("election drift_margin must be in [0, 0.5)")
+        if self.claim_backoff_max < 1:
+            raise ConfigError("election claim_backoff_max must be at least 1")
         if self.claim_timeout_s <= 0 or self.rank_stagger_s < 0 or self.max_candidate_rank < 1:
             raise ConfigError("election claim_timeout_s, rank_stagger_s, max_candidate_rank out of range")
 
@@ -331,6 +340,8 @@ class ElectionCore:
         self._claim_sent = 0.0
         self._claim_deadline = 0.0
         self._grants: set[str] = set()
+        #: Claims in a row that timed out (see ``ElectionConfig.claim_backoff_max``).
+        self._failed_claims = 0
         # coordinator state
         self._epoch = 0
         self._lease_end = 0.0
@@ -431,6 +442,7 @@ class ElectionCore:
                     continue
             elif self.role is Role.CANDIDATE:
                 if now >= self._claim_deadline:
+                    self._failed_claims += 1
                     self._abandon(now, retry=True)
                     continue
             elif self._claim_at is not None and now >= self._claim_at:
@@ -455,7 +467,7 @@ class ElectionCore:
         self.role = Role.CANDIDATE
         self._claim_epoch = epoch
         self._claim_sent = now
-        self._claim_deadline = now + self.config.claim_timeout_s
+        self._claim_deadline = now + self._claim_timeout()
         self._grants = set()
         if self.is_voter and self._may_promise(self.self_id, now):
             self._record_vote(epoch, self.self_id, now)
@@ -471,7 +483,7 @@ class ElectionCore:
         if self._promise_holder == self.self_id and self._promise_epoch == epoch:
             self._promise_until = now
         if retry:
-            jitter = self.config.claim_timeout_s * self.rng.uniform(0.5, 1.5)
+            jitter = self._claim_timeout() * self.rng.uniform(0.5, 1.5)
             self._claim_at = now + jitter + self._rank * self.config.rank_stagger_s
         else:
             self._claim_at = self._compute_claim_at()
@@ -498,6 +510,7 @@ class ElectionCore:
             self._abandon(now, retry=True)
             return
         self.role = Role.COORDINATOR
+        self._failed_claims = 0
         self._epoch = epoch
         self._last_led_epoch = epoch
         self._remember(epoch, self.self_id)
@@ -570,6 +583,7 @@ class ElectionCore:
             return
         self._remember(r.epoch, r.coordinator)
         self.term = max(self.term, r.epoch)
+        self._failed_claims = 0
         newer = r.epoch > self.known_epoch
         if self.role is Role.COORDINATOR:
             # Only reachable with r.epoch > ours: a quorum moved on, so our lease is gone.
@@ -631,6 +645,10 @@ class ElectionCore:
                 self._claim_at = self._compute_claim_at()
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _claim_timeout(self) -> float:
+        factor = min(2.0 ** min(self._failed_claims, 16), self.config.claim_backoff_max)
+        return self.config.claim_timeout_s * factor
 
     def _may_promise(self, peer: str, now: float) -> bool:
         return self._promise_holder == peer or now >= self._promise_until

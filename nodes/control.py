@@ -22,13 +22,15 @@ Transport choices (figures in docs/control-plane.md, measured by scripts/bench_c
 
 Join: connect to the bootstrap addresses, ask each for its status (its region's members,
 coordinator, electorate, and the summaries of every region it knows), pick the region
-(configured, or the one whose coordinator answers pings fastest), link to the region's
+(configured, or the nearest by Vivaldi coordinates: see ``_choose_region``), link to the region's
 members and follow the election. A node trusts no record before a live exchange: members
 become members by their own signed heartbeats, coordinators by their renews.
 
 Electorate: configured (``voters``), else learned from any member or summary of the region,
 else, after ``electorate_wait_s`` with nobody to learn from, the lowest peer id among the
-region members this node knows ("founder": a single-voter region, meant for demos).
+region members this node knows ("founder": a single-voter region, meant for demos and
+mDNS-only LANs). Founders that meet later (two groups that found each other by mDNS after
+each founded) converge on the lower founder; a configured electorate never changes.
 
 Every inbound message is bounded and validated; unsigned, malformed, forged (an election
 message whose author is not the stream's authenticated peer), stale or wrong-region ones
@@ -824,8 +826,28 @@ class ControlService:
 
     def _adopt_voters(self, voters: Sequence[str], now: float, *, why: str) -> None:
         voters = tuple(sorted(set(voters)))[: cw.MAX_VOTERS]
-        if not voters or self.voters:
+        if not voters or voters == self.voters:
             return
+        if self.voters:
+            # Two founders can meet after the fact: nodes that found each other by mDNS (or
+            # across a partition at start-up) each founded a single-voter electorate before
+            # they knew of the other. Learned single-voter electorates give way to the lower
+            # founder, the rule each founder applied locally, so the region converges on one
+            # electorate. A configured electorate (--voter) never changes.
+            if self.config.voters or len(voters) != 1 or len(self.voters) != 1:
+                self._count("electorate_conflict")
+                return
+            if voters[0] > self.voters[0]:
+                return
+            log.warning(
+                "region %s: two founders met; following the lower one, %s, instead of %s",
+                self.region,
+                voters[0][-8:],
+                self.voters[0][-8:],
+            )
+            if self.coordinator is not None:
+                self.coordinator = None
+            self.election = None
         self.voters = voters
         log.info("region %s electorate: %s (%s)", self.region, ", ".join(v[-8:] for v in voters), why)
         if self.membership is not None and self.election is None:
@@ -1015,6 +1037,9 @@ class ControlService:
         except ProtocolError:
             self._count("malformed")
             return
+        if view.region == self.region and view.voters:
+            # before the staleness check: another founder's epochs are not comparable to ours
+            self._adopt_voters(view.voters, now, why="learned from the coordinator's summary")
         old = self._regions.get(view.region)
         if old is not None and (view.epoch, seq) <= (old[0].epoch, old[1]):
             self._count("summary_stale")
@@ -1022,8 +1047,6 @@ class ControlService:
         self._regions[view.region] = (view, seq, now)
         if view.coordinator_addrs and view.coordinator is not None:
             self._addrs.setdefault(view.coordinator, view.coordinator_addrs)
-        if view.region == self.region and not self.voters and view.voters:
-            self._adopt_voters(view.voters, now, why="learned from the coordinator's summary")
         if self.coordinator is not None and view.region != self.region and view.centroid is not None:
             self.coordinator.on_summary(
                 RegionSummary(view.region, view.coordinator or "", view.free, view.centroid), now
@@ -1050,7 +1073,7 @@ class ControlService:
             old = self._regions.get(view.region)
             if old is None or view.epoch >= old[0].epoch:
                 self._regions[view.region] = (view, old[1] if old else 0, now - view.age_s)
-            if view.region == self.region and view.voters and not self.voters:
+            if view.region == self.region and view.voters:
                 self._adopt_voters(view.voters, now, why=f"learned from {snap.peer[-8:]}")
 
     # ================================================================== effects

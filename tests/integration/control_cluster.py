@@ -82,8 +82,10 @@ async def start_region(
     base: ControlConfig = ControlConfig(),
     seed: int = 0,
     workers: bool = False,
+    tag: str | None = None,
 ) -> list[Member]:
-    members = [Member(f"{region}{i}", ident(f"{region}/{i}")) for i in range(n)]
+    """``n`` members of ``region``; ``tag`` (default: the region) names their identities."""
+    members = [Member(f"{tag or region}{i}", ident(f"{tag or region}/{i}")) for i in range(n)]
     voters = tuple(m.peer for m in members[:n_voters])
     out = []
     for i, m in enumerate(members):

@@ -91,3 +91,31 @@ async def test_two_regions_converge_and_exchange_summaries(autojump_clock: trio.
         assert len(us_view.members) == 5
         assert dict(us_view.free).get("echo", 0) > 0
         nursery.cancel_scope.cancel()
+
+
+async def test_founders_that_meet_later_converge_on_one_electorate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two groups of one region start apart (as with mDNS: no bootstrap address) and each
+    founds its own single-voter electorate; once they find each other, the region ends with
+    one electorate (the lower founder) and one coordinator that everybody follows."""
+    net = MemoryNetwork(seed=5, link=LinkModel(delay_s=0.005))
+    async with trio.open_nursery() as nursery:
+        a = await start_region(net, nursery, "eu", 2, n_voters=0, tag="a")
+        b = await start_region(net, nursery, "eu", 2, n_voters=0, tag="b", seed=1)
+        everyone = a + b
+        await wait_for(
+            lambda: all(m.svc.voters for m in everyone) and one_coordinator(a) and one_coordinator(b)
+        )
+        founders = {m.svc.voters for m in everyone}
+        assert len(founders) == 2  # two electorates in one region: the situation to repair
+        lowest = min(f[0] for f in founders)
+        # they meet: one hint from a member of one group to the other (what mDNS does)
+        b[1].svc.add_hint(a[1].host.listen_addrs()[0])
+        await wait_for(lambda: {m.svc.voters for m in everyone} == {(lowest,)}, timeout=20)
+        await wait_for(lambda: one_coordinator(everyone), timeout=20)
+        assert next(iter(coordinators(everyone)))[0] == lowest
+        await trio.sleep(5.0)  # and it stays that way
+        assert {m.svc.voters for m in everyone} == {(lowest,)}
+        assert len(coordinators(everyone)) == 1
+        nursery.cancel_scope.cancel()
