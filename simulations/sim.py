@@ -24,9 +24,11 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
     * the gamer reports measured service times to the coordinator piggybacked on its next
       lease request (``Scheduler.on_completion``), renews a lease 1 s before it ends (with the
       current worker as affinity), and drops a lease after 3 consecutive misses;
-    * verification: a gamer spot-checks a fraction of results; a caught cheater is banned
-      (``on_worker_gone`` on its coordinator, heartbeats ignored). ``nodes.verification`` and
-      ``nodes.reputation`` are not driven yet (see docs/SIMULATION.md, "What is left").
+    * trust: every gamer runs the SDK's real ``VerificationCore`` with its own ``Reputation``
+      and ``AdaptiveTimeouts`` (``simulations.trust`` answers the checks the core asks for,
+      on token outputs); each copy it sends is a real task on a worker. Evidence goes to the
+      region's other gamers and its coordinator node, whose scheduler consults that node's
+      ``Reputation`` through ``ReputationTrust`` (a banned worker gets no lease);
     * heartbeats due in one tenth of an interval in one region travel as one event (each one
       still dropped by loss or partition on its own); load reports are counted in bytes.
 
@@ -254,8 +256,12 @@ class _Lane:
 class _SimTrust(ReputationTrust):
     """``nodes.reputation.ReputationTrust`` over the simulator's peer names (no base58)."""
 
+    def __init__(self, reputation: Reputation, ids: dict[str, bytes]) -> None:
+        super().__init__(reputation)
+        self._sim_ids = ids
+
     def _peer(self, worker: str) -> bytes | None:
-        return worker.encode()
+        return self._sim_ids.get(worker)
 
 
 class _Gamer:
@@ -401,6 +407,7 @@ class Simulation:
         #: Peer ids as the trust cores see them (bytes), and back.
         self.wb = [pid.encode() for pid in world.peer_ids]
         self.wb_index = {b: i for i, b in enumerate(self.wb)}
+        self.pid_bytes = dict(zip(world.peer_ids, self.wb, strict=True))
         self.region_online = [0] * R
         self.online_slots = 0
         self.acting: list[_Coordinator | None] = [None] * R
@@ -787,7 +794,7 @@ class Simulation:
         # The coordinator's scheduler consults its node's reputation (``nodes.node.with_trust``).
         sched = Scheduler(
             random.Random(concern_seed(self.w.seed, "sched", r * 100_003 + epoch)),
-            replace(self.sched_cfg, trust=_SimTrust(self._node_reputation(v.peer))),
+            replace(self.sched_cfg, trust=_SimTrust(self._node_reputation(v.peer), self.pid_bytes)),
             policy_by_name(self.policy),
             region=self.scn.network.regions[r],
         )
