@@ -17,7 +17,7 @@ Three parts, all sans-IO (no clock, no network, no global randomness):
 ``Evidence``
     A self-contained, transferable proof that a worker signed a wrong result: the task
     (id, kind, parameters as sent, input digest and, when small, the input itself), the
-    worker's signed receipt (output digest, timestamp, signature, and the output when
+    worker's signed receipt (output digest, timestamp, signature or batch seal, and the output when
     small) and optionally a *reference*: another worker's signed result for the same
     (kind, parameters, input). ``to_wire``/``from_wire`` are strict msgpack.
     ``verify_evidence`` lets any node check it for itself: the signatures via
@@ -55,7 +55,7 @@ import msgpack
 
 from mesh import wire
 from mesh.errors import P2C2RError, ProtocolError, VerificationError
-from tasks.receipt import receipt_digest, verify_receipt
+from tasks.receipt import MAX_SEAL_LEN, is_seal_shaped, receipt_digest, verify_receipt
 from tasks.registry import Registry
 
 __all__ = [
@@ -127,7 +127,7 @@ class SignedResult:
             worker=_want_bytes(worker, "worker peer id", MAX_PEER_ID_LEN),
             output_digest=_want_bytes(odig, "output digest", DIGEST_LEN, exact=True),
             ts_ms=_want_u63(ts, "timestamp"),
-            signature=_want_bytes(sig, "signature", SIGNATURE_LEN, exact=True),
+            signature=_want_signature(sig),
             output=None if out is None else _want_bytes(out, "output", MAX_EVIDENCE_BLOB),
         )
 
@@ -253,6 +253,17 @@ def _want_bytes(x: Any, what: str, limit: int, *, exact: bool = False) -> bytes:
         size = f"exactly {limit}" if exact else f"at most {limit}"
         raise ProtocolError(f"evidence {what} must be {size} bytes")
     return x
+
+
+def _want_signature(x: Any) -> bytes:
+    """A plain 64-byte receipt signature, or the seal of a result signed in a batch
+    (signature, leaf index and count, Merkle path): ``verify_receipt`` checks either."""
+    sig = _want_bytes(x, "signature", MAX_SEAL_LEN)
+    if not is_seal_shaped(sig):
+        raise ProtocolError(
+            f"evidence signature of {len(sig)} bytes is neither a signature ({SIGNATURE_LEN}) nor a receipt seal"
+        )
+    return sig
 
 
 def _want_u63(x: Any, what: str) -> int:

@@ -75,6 +75,14 @@ DIGEST_LEN = 32
 #: Longest path accepted: trees of up to 2**32 leaves.
 MAX_PATH = 32
 _SEAL_HEAD = struct.Struct(">II")
+#: Longest seal: signature, leaf index and count, and a path of ``MAX_PATH`` digests.
+MAX_SEAL_LEN = SIGNATURE_LEN + _SEAL_HEAD.size + MAX_PATH * DIGEST_LEN
+
+
+def is_seal_shaped(signature: bytes) -> bool:
+    """Whether ``signature`` has the length of a plain signature or of a well-formed seal."""
+    rest = len(signature) - SIGNATURE_LEN - _SEAL_HEAD.size
+    return len(signature) == SIGNATURE_LEN or (0 <= rest <= MAX_PATH * DIGEST_LEN and rest % DIGEST_LEN == 0)
 
 
 def _leaf(digest: bytes) -> bytes:

@@ -23,7 +23,7 @@ from nodes.reputation import (
     make_evidence,
     verify_evidence,
 )
-from tasks.receipt import receipt_digest
+from tasks.receipt import MAX_SEAL_LEN, make_seal, open_seal, receipt_digest, sign_batch
 from tasks.registry import ParamSpec, Registry, TaskKind, default_registry
 
 HONEST = Identity.from_seed(b"h" * 32)
@@ -219,3 +219,81 @@ def test_evidence_verified_elsewhere_is_applied_once() -> None:
     rep2 = Reputation()
     assert rep2.apply_evidence(ev, Proof.CONFLICT, 1.0) is None
     assert not rep2.is_banned(CHEAT.peer_id_bytes, 1.0)
+
+
+# --------------------------------------------------------------------------- batch-signed results
+
+
+def batch_signed(
+    ident: Identity, tid: bytes, kind: str, params: dict[str, Any], data: bytes, out: bytes, *, size: int = 5
+) -> SignedResult:
+    """``out``'s result as leaf 2 of a batch of ``size`` the worker signed once (a seal, not a signature)."""
+    od = wire.digest(out)
+    mine = receipt_digest(
+        tid, kind, wire.params_digest(params), wire.digest(data), od, ident.peer_id_bytes, 1234
+    )
+    leaves = [hashlib.sha256(b"other%d" % i).digest() for i in range(size)]
+    leaves[2] = mine
+    sig, tree = sign_batch(ident, leaves)
+    return SignedResult(tid, ident.peer_id_bytes, od, 1234, make_seal(sig, 2, tree.size, tree.path(2)), out)
+
+
+def batch_evidence(**kw: Any) -> Evidence:
+    data = b"input"
+    bad = batch_signed(CHEAT, b"\x01" * 16, "mc", {}, data, WRONG)
+    ref = batch_signed(HONEST, b"\x02" * 16, "mc", {}, data, _right(data), size=3)
+    return make_evidence(kind="mc", params={}, data=data, bad=bad, reason="mismatch", reference=ref, **kw)
+
+
+def test_evidence_from_batch_signed_results_verifies_elsewhere() -> None:
+    ev = batch_evidence().signed_by(GAMER.peer_id_bytes, GAMER.sign)
+    assert len(ev.bad.signature) > 64 and len(ev.reference.signature) > 64  # type: ignore[union-attr]
+    received = Evidence.from_wire(ev.to_wire())  # as another node decodes it
+    assert received == ev
+    assert verify_evidence(received, REG, recompute=True) is Proof.RECOMPUTED
+    assert verify_evidence(received, REG, recompute=False) is Proof.CONFLICT
+    rep = Reputation()
+    for _ in range(100):
+        rep.record_verified(HONEST.peer_id_bytes, 0.0)
+    assert rep.on_evidence(received, REG, 0.0, recompute=False) is Proof.CONFLICT
+    assert rep.is_banned(CHEAT.peer_id_bytes, 0.0)
+
+
+def _reseal(res: SignedResult, change: Any) -> SignedResult:
+    sig, index, size, path = open_seal(res.signature)
+    sig, index, size, path = change(sig, index, size, path)
+    return replace(res, signature=make_seal(sig, index, size, path))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s, i, n, p: (s, i + 1, n, p),  # another leaf's position
+        lambda s, i, n, p: (s, i, n + 1, p),  # another batch size
+        lambda s, i, n, p: (s, i, n, [bytes(32), *p[1:]]),  # a forged sibling
+        lambda s, i, n, p: (s, i, n, p[:-1]),  # a path too short
+        lambda s, i, n, p: (s, i, n, [*p, bytes(32)]),  # a path too long
+        lambda s, i, n, p: (bytes(64), i, n, p),  # a zero signature
+        lambda s, i, n, p: (HONEST.sign(bytes(32)), i, n, p),  # someone else's real signature
+    ],
+)
+def test_forged_seals_are_refused(change: Any) -> None:
+    ev = batch_evidence()
+    forged = replace(ev, bad=_reseal(ev.bad, change))
+    with pytest.raises(InvalidEvidenceError, match="accused result"):
+        verify_evidence(Evidence.from_wire(forged.to_wire()), REG, recompute=True)
+    forged_ref = replace(ev, reference=_reseal(ev.reference, change))  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvidenceError, match="reference result"):
+        verify_evidence(Evidence.from_wire(forged_ref.to_wire()), REG, recompute=True)
+
+
+@pytest.mark.parametrize("length", [0, 63, 65, 71, 72 + 31, 72 + 33, MAX_SEAL_LEN + 32])
+def test_signatures_of_no_valid_shape_are_protocol_errors(length: int) -> None:
+    ev = batch_evidence()
+    odd = replace(ev, bad=replace(ev.bad, signature=bytes(length)))
+    with pytest.raises(ProtocolError, match="signature"):
+        Evidence.from_wire(odd.to_wire())
+    # The longest well-formed seal decodes (and is then refused by verification, not decoding).
+    longest = replace(ev, bad=replace(ev.bad, signature=bytes(MAX_SEAL_LEN)))
+    with pytest.raises(InvalidEvidenceError):
+        verify_evidence(Evidence.from_wire(longest.to_wire()), REG, recompute=True)
