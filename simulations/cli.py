@@ -175,9 +175,13 @@ def _print_table(console: Any, doc: dict[str, Any]) -> None:
         "miss",
         "util",
         "ctrl share",
+        "wrong",
+        "bans bad/good",
+        "extra work",
     ):
         t.add_column(col, justify="right")
     for name, s in doc["policies"].items():
+        v = s.get("verification", {})
         t.add_row(
             name,
             f"{s['throughput_tps']:.0f}",
@@ -188,6 +192,9 @@ def _print_table(console: Any, doc: dict[str, Any]) -> None:
             f"{s['deadline_miss_rate']:.3f}" if s["deadline_miss_rate"] is not None else "-",
             f"{s['utilisation']:.3f}" if s["utilisation"] is not None else "-",
             f"{s['control_share']:.4f}" if s["control_share"] is not None else "-",
+            str(s["outcomes"]["wrong"]),
+            f"{v.get('malicious_banned', 0)}/{v.get('honest_banned', 0)}",
+            f"{v['extra_work_share']:.2f}" if v.get("extra_work_share") is not None else "-",
         )
     console.print(t)
 
