@@ -7,7 +7,7 @@ of those cores; every other task (stream readers, gossip readers, the joiner) re
 through one bounded event channel, and the cores' effects go out through bounded per-link
 queues, so a slow peer can never stall the driver (a full queue drops and counts).
 
-Transport choices (figures in docs/control-plane.md, measured by scripts/bench_control.py):
+Transport choices (figures in docs/CONTROL_PLANE.md, measured by scripts/bench_gossip.py):
 
 - **Persistent control streams** (``/p2c2r/control/1.0.0``, ``mesh.control_wire``) carry
   everything addressed to one peer or that must be fast: election messages (a renew must

@@ -24,15 +24,7 @@ from mesh.identity import load_or_create
 from nodes.gamer import GamerClient
 from nodes.mesh_client import fetch_status
 
-pytestmark = [
-    pytest.mark.slow,
-    # Not yet reliable on a 2-core machine shared by 12 nodes (elections need many epochs
-    # under CPU starvation; see the "Mesh control plane" issue). Run it on purpose with
-    # P2C2R_MESH_E2E=1; it asserts the full scenario and fails loudly when it breaks.
-    pytest.mark.skipif(
-        not os.environ.get("P2C2R_MESH_E2E"), reason="set P2C2R_MESH_E2E=1 to run the 12-node mesh e2e"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 REGIONS = ("eu", "us")
 PER_REGION = 6
@@ -150,7 +142,8 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
                 for n, s in sorted(views.items())
             )
 
-        with trio.move_on_after(90) as converge:
+        t_start = trio.current_time()
+        with trio.move_on_after(150) as converge:
             while any(p.addr() is None for p in cluster):  # noqa: ASYNC110 - polling another process
                 await trio.sleep(0.2)
             while True:
@@ -172,7 +165,8 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
                 if ok:
                     break
                 await trio.sleep(0.5)
-        assert not converge.cancelled_caught, "no convergence in 90 s:\n" + describe()
+        assert not converge.cancelled_caught, "no convergence in 150 s:\n" + describe()
+        converged_s = trio.current_time() - t_start
         # one coordinator per region, agreed by all its members
         coords = {}
         for region in REGIONS:
@@ -228,6 +222,7 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
             assert outs == [b"task %d" % i for i in range(len(handles))]
             assert len(handles) > 100
             print(
+                f"mesh converged in {converged_s:.1f} s; "
                 f"failover took {took:.3f} s; {len(handles)} tasks, all verified; "
                 f"resubmitted {gamer.stats.resubmitted}; coordinator changes seen by the gamer: "
                 f"{gamer.mesh.stats.coordinator_changes}"
