@@ -284,6 +284,23 @@ def candidate_score(capacity_slots: int, uptime_s: float, rtt_to_region_s: float
     return cap + stability - distance
 
 
+#: The latency term of ``rank_score`` moves in whole steps of this much RTT.
+RANK_RTT_STEP_S = 0.010
+
+
+def rank_score(capacity_slots: int, uptime_s: float, rtt_to_region_s: float) -> float:
+    """``candidate_score`` made coarse enough that every member computes the same ranks.
+
+    The rank stagger avoids split votes only when members agree on the ranks, so every input
+    must be something all of them see identically: capacity and uptime as reported in the
+    candidate's heartbeat, and its distance to the region's centroid computed from published
+    (heartbeat) coordinates only, in steps of ``RANK_RTT_STEP_S``. Inside a LAN the distance
+    step is 0 for everyone; across a WAN a candidate 30 ms from its region loses 3 points.
+    """
+    steps = round(max(rtt_to_region_s, 0.0) / RANK_RTT_STEP_S)
+    return float(round(candidate_score(capacity_slots, uptime_s, steps * RANK_RTT_STEP_S)))
+
+
 _NO_ONE = ""  # promise holder during the restart quiet period: refuse everybody
 
 

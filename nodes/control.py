@@ -71,7 +71,7 @@ from mesh.election import (
     StepDown,
     Vote,
     VoteRecord,
-    candidate_score,
+    rank_score,
 )
 from mesh.errors import P2C2RError, ProtocolError, UnavailableError, VerificationError
 from mesh.gossip import SUMMARY_TOPIC, GossipPort, region_topic
@@ -314,6 +314,7 @@ class ControlService:
         self._started_at = 0.0
         self._next_ping = 0.0
         self._ping_rounds = 0
+        self._published_coord: Coord | None = None
         self._next_load = 0.0
         self._next_summary = 0.0
         self._electorate_at: float | None = None
@@ -1167,14 +1168,17 @@ class ControlService:
         if self.election is None or self.membership is None:
             return
         alive = [i.heartbeat for i in self.membership.peers(state=PeerState.ALIVE, region=self.region)]
-        cen = centroid([h.coord for h in alive] + [self.vivaldi.coord])
+        # Published coordinates only, ours included: our live coordinate is fresher than the
+        # one the others rank us by, and ranks must agree (see ``rank_score``).
+        mine = self._published_coord or self.vivaldi.coord
+        cen = centroid([h.coord for h in alive] + [mine])
         scores: dict[str, float] = {}
         for hb in alive:
             if self.config.voter_candidates and hb.peer not in self.voters:
                 continue  # not a candidate: must not push the candidates' ranks (and stagger) back
             scores[hb.peer] = _score(sum(n for _, n in hb.capacity), hb.uptime_s, hb.coord, cen)
         local = self._load_fn()
-        own = _score(sum(local.capacity.values()), now - self._started_at, self.vivaldi.coord, cen)
+        own = _score(sum(local.capacity.values()), now - self._started_at, mine, cen)
         if self._eligible():
             scores[self.self_id] = own
         if self.config.voter_candidates:
@@ -1203,6 +1207,7 @@ class ControlService:
             coord_error=self.vivaldi.error,
             uptime_s=max(0.0, now - self._started_at),
         )
+        self._published_coord = hb.coord
         payload = cw.encode_heartbeat_payload(hb.encode(), tuple(self._addrs_fn()))
         blob = cw.sign_blob(self.identity.sign, cw.DOMAIN_HEARTBEAT, payload)
         if self._gossip is not None:
@@ -1425,12 +1430,10 @@ def _with_age(view: cw.RegionView, age: float) -> cw.RegionView:
 
 
 def _score(slots: int, uptime_s: float, coord: Coord, cen: Coord | None) -> float:
-    """The election rank score: only what every member sees identically, coarsely rounded.
+    """The election rank score (``mesh.election.rank_score``) of a member at ``coord``.
 
-    The rank stagger avoids split votes only when members agree on the ranks. The Vivaldi
-    distance term of ``candidate_score`` is observer-dependent (each member's own coordinate
-    is fresher than the ones in others' heartbeats) and noisy under load: with it, 12 busy
-    processes on 2 cores disagreed on ranks and duelled for 60 s (epochs > 150, no winner).
-    Capacity and reported uptime, rounded to whole points, agree everywhere.
+    An earlier version used each member's live coordinate for itself: observer-dependent, so
+    12 busy processes on 2 cores disagreed on ranks and duelled for 60 s (epochs > 150, no
+    winner). Now every term is published data, and the distance moves in 10 ms steps.
     """
-    return float(round(candidate_score(slots, uptime_s, 0.0)))
+    return rank_score(slots, uptime_s, estimate_rtt(coord, cen) if cen is not None else 0.0)

@@ -119,3 +119,51 @@ async def test_founders_that_meet_later_converge_on_one_electorate(
         assert {m.svc.voters for m in everyone} == {(lowest,)}
         assert len(coordinators(everyone)) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_election_ranks_a_voter_far_from_its_region_last(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Candidates are ranked by capacity, uptime and latency to the region: after the
+    coordinator dies, a voter 40 ms (RTT) from everyone else must not take over while voters
+    next to the region can, even though its peer id would win every tie."""
+    from nodes.control import ControlConfig
+    from tests.integration.control_cluster import Member, ident, start_member
+
+    near = [Member(f"near{i}", ident(f"rank/near/{i}")) for i in range(4)]
+    # the far voter's identity is chosen to sort first: without the latency term it would win
+    far = next(
+        m
+        for m in (Member("far", ident(f"rank/far/{k}")) for k in range(64))
+        if m.peer < min(n.peer for n in near[:3])
+    )
+    net = MemoryNetwork(seed=9, link=LinkModel(delay_s=0.001))
+    for n in near:
+        net.set_link(far.identity.peer_id_bytes, n.identity.peer_id_bytes, LinkModel(delay_s=0.020))
+    voters = (far.peer, near[0].peer, near[1].peer, near[2].peer)
+    async with trio.open_nursery() as nursery:
+        for i, m in enumerate(near):
+            boot = (near[0].host.listen_addrs()[0],) if i else ()  # type: ignore[union-attr]
+            cfg = ControlConfig(region="eu", voters=voters, bootstrap=boot, seed=i)
+            await start_member(net, nursery, m, cfg)
+        await wait_for(lambda: one_coordinator(near), timeout=20)
+        await start_member(
+            net,
+            nursery,
+            far,
+            ControlConfig(region="eu", voters=voters, bootstrap=(near[3].host.listen_addrs()[0],), seed=9),  # type: ignore[union-attr]
+        )
+        everyone = [*near, far]
+        await trio.sleep(30.0)  # coordinates converge from sampled pings
+        assert far.svc is not None and far.svc._published_coord is not None
+        old_coord, _ = next(iter(coordinators(everyone)))
+        assert old_coord != far.peer
+        victim = next(m for m in near if m.peer == old_coord)
+        victim.kill()
+        survivors = [m for m in everyone if m is not victim]
+        await wait_for(
+            lambda: one_coordinator(survivors) and next(iter(coordinators(survivors)))[0] != old_coord
+        )
+        new_coord, _ = next(iter(coordinators(survivors)))
+        assert new_coord != far.peer, "the voter 40 ms from its region took over"
+        nursery.cancel_scope.cancel()
