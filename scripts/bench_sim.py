@@ -32,6 +32,7 @@ TRUST_KEYS = (
     "malicious_workers",
     "malicious_banned",
     "honest_banned",
+    "honest_banned_on_proof",
     "gamer_bans",
     "coordinator_bans",
     "verify_sends_duplicate",

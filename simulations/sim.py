@@ -1285,6 +1285,7 @@ class Simulation:
         #: Busy seconds by copy role ("primary", ..., "probe") and who got banned.
         self.role_busy: dict[str, float] = {}
         self.banned_by: dict[int, int] = {}
+        self.proven_false_bans: dict[int, None] = {}
 
     def _gamer_of(self, st: _Stream) -> _Gamer:
         return self.gamers[st.gamer - self.n_peers]
@@ -1413,6 +1414,8 @@ class Simulation:
         w = self.wb_index[eff.worker]
         if eff.banned:
             self.banned_by[w] = self.banned_by.get(w, 0) + 1
+            if eff.reason != "unresponsive" and not self.w.malicious[w]:
+                self.proven_false_bans[w] = None  # an honest worker banned on a "proof"
             for lane in g.lanes:
                 if lane.worker == w:
                     self._drop_lease(lane)
@@ -1629,6 +1632,9 @@ class Simulation:
         out["malicious_workers"] = float(sum(self.w.malicious))
         out["malicious_banned"] = float(len(mal))
         out["honest_banned"] = float(len(self.banned_by) - len(mal))
+        #: Honest workers banned for anything but unresponsiveness (a check, a disagreement,
+        #: evidence): each would be a false accusation.
+        out["honest_banned_on_proof"] = float(len(self.proven_false_bans))
         out["gamer_bans"] = float(sum(self.banned_by.values()))
         out["coordinator_bans"] = float(self.counters.get("coordinator_bans", 0))
         for role, b in sorted(self.role_busy.items()):

@@ -72,6 +72,7 @@ def test_cheaters_are_caught_and_banned_by_the_real_cores() -> None:
     assert sum(g.core.stats.bans for g in sim.gamers) == v["verify_bans"]
     banned = {p for g in sim.gamers for p, _ in g.rep.banned(sim.loop.now)}
     assert any(sim.w.malicious[sim.wb_index[p]] for p in banned)
+    assert v["honest_banned_on_proof"] == 0
     # nobody honest is banned with evidence (only cheaters sign wrong results)
     assert all(
         sim.w.malicious[sim.wb_index[ev.accused]]
