@@ -322,7 +322,7 @@ def _default_peer() -> str | None:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    from nodes.gamer import GamerClient
+    from nodes.gamer import GamerClient, GamerConfig
 
     peer = args.peer or _default_peer()
     if not peer:
@@ -342,7 +342,9 @@ async def _submit(args: argparse.Namespace) -> int:
         codec = {"jpg": "jpeg"}.get(ext, ext)
         if codec in ("jpeg", "png", "webp"):
             params["codec"] = codec
-    async with GamerClient.connect([peer]) as gamer:
+    # the command-line gamer remembers whom it caught cheating across runs, like a node does
+    config = GamerConfig(reputation_file=_home() / "gamer-reputation.json")
+    async with GamerClient.connect([peer], config=config) as gamer:
         t0 = trio.current_time()
         handle = await gamer.submit(args.kind, data, params, deadline=args.deadline)
         out = await handle.result()
