@@ -6,6 +6,7 @@ p2c2r node run [--listen MULTIADDR] [--key-file F] [--peer MULTIADDR ...] [--con
 p2c2r status [--peer MULTIADDR] [--json]
 p2c2r submit KIND [--peer MULTIADDR] [--param k=v ...] [--input FILE] [--output FILE]
 p2c2r demo [--workers N] [--tasks M] [--regions eu,us] [--direct] [--json PATH]
+p2c2r demo --fps 30 [--seconds S] [--workers N] [--json PATH]
 p2c2r kinds
 """
 
@@ -410,11 +411,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
 
+DEMO_FPS_SECONDS = 10.0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.fps is not None:
+        from nodes.demo_fps import run_fps_demo
+
+        return run_fps_demo(fps=args.fps, seconds=args.seconds, workers=args.workers, json_path=args.json)
+    if args.seconds != DEMO_FPS_SECONDS:
+        raise ConfigError("--seconds goes with --fps (the frame-stream demo)")
     from nodes.demo import run_demo
 
     return run_demo(
-        workers=args.workers,
+        workers=4 if args.workers is None else args.workers,
         tasks=args.tasks,
         json_path=args.json,
         seed=args.seed,
@@ -492,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("demo", help="start a local mesh on loopback and run a mixed workload")
-    s.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    s.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default 4; with --fps, one per core)"
+    )
     s.add_argument(
         "--regions",
         default="eu,us",
@@ -504,6 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=int, default=200, help="tasks to run (default 200)")
     s.add_argument("--json", help="write the summary figures as JSON here")
     s.add_argument("--seed", type=int, default=1, help="seed for the workload mix")
+    s.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="instead: stream 720p->1440p upscale frames at this rate through the adaptive-quality "
+        "controller, straight to the workers",
+    )
+    s.add_argument(
+        "--seconds", type=float, default=DEMO_FPS_SECONDS, help="with --fps: how long to stream (default 10)"
+    )
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1234,11 +1234,17 @@ class FrameQuality:
         self.missed += int(missed or latency_s > self.controller.budget_s)
         return self.controller.observe(latency_s, idx, missed=missed)
 
-    async def upscale(self, frame: bytes, params: dict[str, Any] | None = None) -> bytes:
-        """Upscale one frame at the current level; raises the task's typed error."""
+    async def upscale(
+        self, frame: bytes, params: dict[str, Any] | None = None, *, deadline_s: float | None = None
+    ) -> bytes:
+        """Upscale one frame at the current level; raises the task's typed error.
+
+        ``deadline_s`` (default twice the frame budget) is how long a late frame may still
+        arrive; a longer one lets an overloaded stream show late frames instead of none.
+        """
         ctl = self.controller
         level = ctl.current
-        limit = 2 * ctl.budget_s
+        limit = 2 * ctl.budget_s if deadline_s is None else deadline_s
         handle = await self.client.submit(self.kind, frame, self.params(params), deadline=limit)
         try:
             out = await handle.result()

@@ -245,6 +245,10 @@ class QualityController:
     def current(self) -> QualityLevel:
         return self.levels[self.level]
 
+    def smoothed_s(self, level: int) -> float | None:
+        """The smoothed latency last observed at ``level`` (None when unknown or forgotten)."""
+        return self._ewma.get(level)
+
     def observe(self, latency_s: float, level: int | None = None, missed: bool = False) -> QualityLevel:
         lvl = self.level if level is None else level
         prev = self._ewma.get(lvl)
