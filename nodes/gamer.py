@@ -631,6 +631,7 @@ class GamerClient:
         """Resolve ``handle`` from the cache when a still-valid signed answer is there."""
         entry = self.cache.get(key)
         if entry is None:
+            self.metrics.cache_miss.inc()
             return False
         try:
             if self.reputation.is_banned(entry.worker, handle.submitted_at):
@@ -641,8 +642,10 @@ class GamerClient:
         except VerificationError as exc:
             log.warning("dropped a cached %s result: %s", handle.kind, exc)
             self.cache.remove(key)
+            self.metrics.cache_refused.inc()
             return False
         self.stats.cache_hits += 1
+        self.metrics.cache_hit.inc()
         self.stats.verified += 1
         handle.worker = entry.worker
         handle._resolve(entry.output, None, trio.current_time())
@@ -699,6 +702,7 @@ class GamerClient:
             target = min(cands, key=lambda c: (c[1], c[0]))[0]
         if not self.hedge_budget.try_spend():
             self.stats.hedges_denied += 1
+            self.metrics.hedge_denied.inc()
             return
 
         def elsewhere(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
@@ -708,6 +712,7 @@ class GamerClient:
         self._hedge_of[hid] = ut.handle.task_id
         ut.core_ids.append(hid)
         self.stats.hedges += 1
+        self.metrics.hedge_sent.inc()
         core.placer = elsewhere
         try:
             core.on_submit(Task(hid, ut.kind, ut.params, ut.data, ut.deadline), now)
@@ -786,6 +791,7 @@ class GamerClient:
                 ut.last_worker = eff.worker
                 if eff.task_id != ut.handle.task_id:
                     self.stats.hedges_won += 1
+                    self.metrics.hedge_won.inc()
                 self._remember(ut, eff.task_id, eff.worker, eff.output)
                 self._finish(ut.handle.task_id, eff.output, None)
         elif isinstance(eff, Reject):
@@ -1129,6 +1135,7 @@ class GamerClient:
             verify_signature(link.peer, batch_digest(tree.root, tree.size), sb.signature)
         except VerificationError as exc:
             error = f"batch signature rejected: {exc}"
+        self.metrics.observe_batch("verified" if error is None else "rejected", len(sb.leaves))
         return _Batch(tree, sb.leaves, sb.signature, error)
 
     async def _on_result(

@@ -96,6 +96,39 @@ class NodeMetrics:
         self._latency_children: dict[str, Histogram] = {}
         self.in_flight = Gauge("p2c2r_tasks_in_flight", "Tasks queued or running", registry=r)
         self.protocol_errors = Counter("p2c2r_protocol_errors", "Frames or messages refused", registry=r)
+        # SDK optimisations (gamer) and batch receipts (both sides).
+        self.cache = Counter(
+            "p2c2r_result_cache",
+            "Result-cache lookups of deterministic kinds: hit (re-verified and served), "
+            "miss, refused (the stored receipt no longer verifies or its worker is banned)",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_hit = self.cache.labels("hit")
+        self.cache_miss = self.cache.labels("miss")
+        self.cache_refused = self.cache.labels("refused")
+        self.hedges = Counter(
+            "p2c2r_hedges",
+            "Hedged copies: sent, won (the hedge answered first), denied (over the hedge budget)",
+            ["outcome"],
+            registry=r,
+        )
+        self.hedge_sent = self.hedges.labels("sent")
+        self.hedge_won = self.hedges.labels("won")
+        self.hedge_denied = self.hedges.labels("denied")
+        self.batch_frames = Counter(
+            "p2c2r_batch_signature_frames",
+            'Result frames under one Merkle-root signature ("S"): signed (worker), '
+            "verified or rejected (gamer)",
+            ["outcome"],
+            registry=r,
+        )
+        self.batch_results = Counter(
+            "p2c2r_batch_signature_results",
+            "Results covered by those frames, by the same outcomes",
+            ["outcome"],
+            registry=r,
+        )
         self._window = window
         self._samples: dict[str, deque[float]] = {}
         r.register(_QuantileCollector(self))
@@ -131,6 +164,11 @@ class NodeMetrics:
                 if s.name.endswith("_total"):
                     out[(s.labels["kind"], s.labels["outcome"])] = s.value
         return out
+
+    def observe_batch(self, outcome: str, results: int) -> None:
+        """One batch-signature frame covering ``results`` results (signed, verified, rejected)."""
+        self.batch_frames.labels(outcome).inc()
+        self.batch_results.labels(outcome).inc(results)
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

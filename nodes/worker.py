@@ -594,6 +594,7 @@ class Worker:
         signature, _ = sign_batch(self.identity, [u.digest for u in unsigned])
         self.stats.signatures += 1
         self.stats.batches_signed += 1
+        self.metrics.observe_batch("signed", len(unsigned))
         records = [u.record for u in unsigned]
         if self.tamper_batch is not None:
             records = self.tamper_batch(records)

@@ -489,3 +489,51 @@ async def test_batch_signing_can_be_turned_off(autojump_clock: trio.abc.Clock) -
             ]
         assert worker.stats.signatures == 8 and worker.stats.batches_signed == 0
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- Prometheus metrics
+
+
+def exposed(text: bytes) -> dict[tuple[str, str], float]:
+    """(metric sample name, outcome label) -> value, read back from the exposition text."""
+    from nodes.metrics import parse_prometheus
+
+    return {
+        (name, labels["outcome"]): value
+        for name, labels, value in parse_prometheus(text.decode())
+        if "outcome" in labels and name.endswith("_total")
+    }
+
+
+async def test_cache_hedge_and_batch_counters_are_exported(autojump_clock: trio.abc.Clock) -> None:
+    cfg = replace(RAW, hedge_fraction=0.0, hedge_burst=2.0)
+    async with open_mesh(2, config=cfg, hold={0: Hold(slow_if_tagged)}) as m:
+        m.gamer.set_placement(prefer(m.peer(0)))
+        await train(m)  # 10 distinct inputs: 10 cache misses
+        handles = await m.gamer.submit_many([("reverse", b"slow-%d" % i, None) for i in range(6)])
+        for h in handles:
+            await h.result()
+        assert await m.gamer.run("reverse", b"train-0") == b"0-niart"  # a hit
+        (key,) = [k for k, e in m.gamer.cache._entries.items() if e.output == b"1-niart"]
+        m.gamer.cache._entries[key] = replace(m.gamer.cache._entries[key], output=b"forged")
+        assert await m.gamer.run("reverse", b"train-1") == b"1-niart"  # refused, then the network
+        m.gamer.set_placement(None)
+        batch = await m.gamer.submit_many([("reverse", b"b-%d" % i, None) for i in range(12)])
+        for h in batch:
+            await h.result()
+
+        g = exposed(m.gamer.metrics.render())
+        st = m.gamer.stats
+        assert g[("p2c2r_hedges_total", "sent")] == st.hedges == 2
+        assert g[("p2c2r_hedges_total", "denied")] == st.hedges_denied == 4
+        assert g[("p2c2r_hedges_total", "won")] == st.hedges_won == 2
+        assert g[("p2c2r_result_cache_total", "hit")] == st.cache_hits == 1
+        assert g[("p2c2r_result_cache_total", "refused")] == 1
+        assert g[("p2c2r_result_cache_total", "miss")] == 10 + 6 + 12
+        signed = [exposed(w.metrics.render()) for w in m.workers]
+        frames = sum(s.get(("p2c2r_batch_signature_frames_total", "signed"), 0) for s in signed)
+        results = sum(s.get(("p2c2r_batch_signature_results_total", "signed"), 0) for s in signed)
+        assert frames == sum(w.stats.batches_signed for w in m.workers) >= 1
+        assert g[("p2c2r_batch_signature_frames_total", "verified")] == frames
+        assert g[("p2c2r_batch_signature_results_total", "verified")] == results >= 2
+        assert g.get(("p2c2r_batch_signature_frames_total", "rejected"), 0) == 0

@@ -53,3 +53,28 @@ async def test_endpoint_404_for_other_paths() -> None:
                 data += chunk
         nursery.cancel_scope.cancel()
     assert data.startswith(b"HTTP/1.1 404")
+
+
+def test_sdk_and_batch_counters_read_back_from_the_exposition_text() -> None:
+    m = NodeMetrics("gamer")
+    m.cache_hit.inc(3)
+    m.cache_miss.inc()
+    m.hedge_sent.inc(2)
+    m.hedge_won.inc()
+    m.hedge_denied.inc(5)
+    m.observe_batch("verified", 16)
+    m.observe_batch("verified", 4)
+    m.observe_batch("rejected", 8)
+    got = {
+        (n, lab.get("outcome")): v
+        for n, lab, v in parse_prometheus(m.render().decode())
+        if n.endswith("_total")
+    }
+    assert got[("p2c2r_result_cache_total", "hit")] == 3 and got[("p2c2r_result_cache_total", "miss")] == 1
+    assert got[("p2c2r_result_cache_total", "refused")] == 0
+    assert got[("p2c2r_hedges_total", "sent")] == 2 and got[("p2c2r_hedges_total", "won")] == 1
+    assert got[("p2c2r_hedges_total", "denied")] == 5
+    assert got[("p2c2r_batch_signature_frames_total", "verified")] == 2
+    assert got[("p2c2r_batch_signature_results_total", "verified")] == 20
+    assert got[("p2c2r_batch_signature_frames_total", "rejected")] == 1
+    assert got[("p2c2r_batch_signature_results_total", "rejected")] == 8
