@@ -9,7 +9,7 @@ Every process is stopped and reaped by the script's context managers, pass or fa
 Pass criteria (from the issue): forged or replayed results accepted = 0; wrong results
 accepted <= 1% of tasks when cheaters answer wrong; every task ends verified or with a
 typed error; every cheater is banned (and no honest worker); throughput falls by at most
-30% against the all-honest baseline.
+30% against the all-honest baseline (asserted in work per task, see below).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ async def test_three_cheaters_in_ten_are_caught_in_every_mode() -> None:
     for r in results:
         assert r.untyped == 0 and r.verified + sum(r.errors.values()) == r.tasks, report
         assert r.honest_banned == 0, report
+    b = by_mode["baseline"]
+    baseline_extra = (b.duplicates + b.probes + b.recomputes) / b.tasks
     for mode in adv.MODES:
         r = by_mode[mode]
         assert r.forged_or_replayed_accepted == 0, report
@@ -51,9 +53,11 @@ async def test_three_cheaters_in_ten_are_caught_in_every_mode() -> None:
         assert r.cheaters_banned == r.cheaters == 3, report
         # The throughput criterion (fall <= 30%) is a wall-clock figure: scripts/adversarial.py
         # prints it, and this test does not assert it (a test must not fail because the CI
-        # machine is busy). What the test can check without a clock: the verification work
-        # per task stays bounded (copies, probes and local re-runs per submitted task).
+        # machine is busy). Its clock-free form: on a saturated mesh throughput is inversely
+        # proportional to the executions per submitted task (1 + copies, hedges, probes and
+        # local re-runs), so a fall of at most 30% against the all-honest baseline means
+        # (1 + extra) <= (1 + baseline extra) / 0.7.
         extra = (r.duplicates + r.probes + r.recomputes) / r.tasks
-        assert extra <= 1.0, report
+        assert 1.0 + extra <= (1.0 + baseline_extra) / 0.7, f"{mode}: {extra:.3f} extra per task\n{report}"
     # The proofs against answer-cheaters travelled to the honest worker nodes.
     assert by_mode["wrong"].evidence >= 3 and by_mode["wrong"].evidence_shared >= 3, report
