@@ -288,15 +288,23 @@ class MeshClient:
     # ------------------------------------------------------------------ join
 
     async def bootstrap(self, addrs: Sequence[str]) -> None:
-        for addr in addrs:
-            try:
-                peer = peer_id_to_str(await self.host.connect(addr))
-                self._addrs[peer] = (addr,)
-                await self._status(peer)
-            except P2C2RError as exc:
-                log.warning("bootstrap %s: %s", addr, exc)
-        if not self._regions:
-            raise UnavailableError(f"no bootstrap peer answered ({', '.join(addrs)})")
+        """Ask the bootstrap peers for the mesh's state, retrying with backoff until one
+        answers (a busy or still-starting node is not a dead one); the caller bounds it with
+        ``join_timeout_s``."""
+        delay = 0.25
+        while True:
+            for addr in addrs:
+                try:
+                    peer = peer_id_to_str(await self.host.connect(addr))
+                    self._addrs[peer] = (addr,)
+                    await self._status(peer)
+                except P2C2RError as exc:
+                    log.warning("bootstrap %s: %s", addr, exc)
+            if self._regions:
+                break
+            log.warning("no bootstrap peer answered; retrying in %.2g s", delay)
+            await trio.sleep(delay)
+            delay = min(2 * delay, 4.0)
         if self.config.region is not None:
             self.region = self.config.region
         else:
@@ -623,8 +631,19 @@ async def join_mesh(
 
         cfg = replace(cfg, region=region)
     client = MeshClient(gamer, gamer.host, nursery, cfg)
-    with trio.fail_after(cfg.join_timeout_s if math.isfinite(cfg.join_timeout_s) else 1e9):
-        await client.bootstrap(bootstrap)
-        await nursery.start(client.run)
-        await client.ready.wait()
+    try:
+        with trio.fail_after(cfg.join_timeout_s if math.isfinite(cfg.join_timeout_s) else 1e9):
+            await client.bootstrap(bootstrap)
+            await nursery.start(client.run)
+            await client.ready.wait()
+    except trio.TooSlowError as exc:
+        if not client._regions:
+            raise UnavailableError(
+                f"no bootstrap peer answered within {cfg.join_timeout_s:g} s ({', '.join(bootstrap)}); "
+                "check the addresses (they must end in /p2p/<peer id>) and that the nodes run"
+            ) from exc
+        raise UnavailableError(
+            f"joined the mesh but got no worker lease within {cfg.join_timeout_s:g} s "
+            f"(region {client.region}: no coordinator elected yet, or no free capacity)"
+        ) from exc
     return client

@@ -158,3 +158,43 @@ async def test_gamer_moves_to_another_region_when_its_region_cannot_elect(
             assert mesh.stats.region_changes == 1
             assert t_kill < t_moved
         nursery.cancel_scope.cancel()
+
+
+async def test_joining_waits_out_a_slow_bootstrap_and_says_why_when_it_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A bootstrap node that is not up yet is retried with backoff (the gamer joins once it
+    answers); a bootstrap that never answers ends in a typed error that says so."""
+    import pytest
+
+    from mesh.errors import UnavailableError
+    from nodes.mesh_client import MeshClientConfig, join_mesh
+
+    net = MemoryNetwork(seed=12, link=LinkModel(delay_s=0.005))
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 3, workers=True, seed=3)
+        await wait_for(lambda: one_coordinator(eu), timeout=30)
+        addr = eu[1].host.listen_addrs()[0]
+        peers = [m.identity.peer_id_bytes for m in eu]
+        async with net.open_host() as gamer_host:
+            # cut off from the region for the first 3 s, as if the node were still starting
+            net.partition([gamer_host.peer_id], peers)
+
+            async def heal_later() -> None:
+                await trio.sleep(3.0)
+                net.heal()
+
+            nursery.start_soon(heal_later)
+            t0 = trio.current_time()
+            async with GamerClient.connect(host=gamer_host, bootstrap=[addr], region="eu") as gamer:
+                assert trio.current_time() - t0 >= 3.0
+                assert gamer.mesh is not None and gamer.mesh.coordinator is not None
+                assert await (await gamer.submit("echo", b"late but fine")).result() == b"late but fine"
+        async with net.open_host() as lonely, trio.open_nursery() as inner:
+            net.partition([lonely.peer_id], peers)
+            async with GamerClient.connect(host=lonely) as gamer:
+                with pytest.raises(UnavailableError, match="no bootstrap peer answered within 5 s"):
+                    await join_mesh(
+                        gamer, inner, [addr], config=MeshClientConfig(region="eu", join_timeout_s=5.0)
+                    )
+        nursery.cancel_scope.cancel()
