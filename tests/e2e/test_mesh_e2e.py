@@ -143,6 +143,7 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
             )
 
         t_start = trio.current_time()
+        reached: dict[str, float] = {}
         with trio.move_on_after(150) as converge:
             while any(p.addr() is None for p in cluster):  # noqa: ASYNC110 - polling another process
                 await trio.sleep(0.2)
@@ -154,18 +155,35 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
                 async with trio.open_nursery() as sweep:
                     for p in cluster:
                         sweep.start_soon(ask, p)
-                ok = all(
-                    s is not None
-                    and (own := _region(s, by_name[n].region)) is not None
-                    and len(own.members) == PER_REGION
-                    and own.coordinator is not None
-                    and sorted(r.region for r in s.regions) == list(REGIONS)
-                    for n, s in views.items()
-                )
+                stages = {
+                    "answers": all(s is not None for s in views.values()),
+                    "members": all(
+                        s is not None
+                        and (own := _region(s, by_name[n].region)) is not None
+                        and len(own.members) == PER_REGION
+                        for n, s in views.items()
+                    ),
+                    "coordinators": all(
+                        s is not None
+                        and (own := _region(s, by_name[n].region)) is not None
+                        and own.coordinator is not None
+                        for n, s in views.items()
+                    ),
+                    "regions": all(
+                        s is not None and sorted(r.region for r in s.regions) == list(REGIONS)
+                        for s in views.values()
+                    ),
+                }
+                for stage, done in stages.items():
+                    if done:
+                        reached.setdefault(stage, round(trio.current_time() - t_start, 1))
+                ok = all(stages.values())
                 if ok:
                     break
                 await trio.sleep(0.5)
-        assert not converge.cancelled_caught, "no convergence in 150 s:\n" + describe()
+        assert not converge.cancelled_caught, (
+            f"no convergence in 150 s (stages reached: {reached}):\n" + describe()
+        )
         converged_s = trio.current_time() - t_start
         # one coordinator per region, agreed by all its members
         coords = {}
@@ -222,7 +240,7 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
             assert outs == [b"task %d" % i for i in range(len(handles))]
             assert len(handles) > 100
             print(
-                f"mesh converged in {converged_s:.1f} s; "
+                f"mesh converged in {converged_s:.1f} s (first reached: {reached}); "
                 f"failover took {took:.3f} s; {len(handles)} tasks, all verified; "
                 f"resubmitted {gamer.stats.resubmitted}; coordinator changes seen by the gamer: "
                 f"{gamer.mesh.stats.coordinator_changes}"
