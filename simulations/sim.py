@@ -63,7 +63,7 @@ from mesh.election import (
     Send,
     StepDown,
     VoteRecord,
-    candidate_score,
+    rank_score,
 )
 from mesh.errors import TaskTimeoutError, VerificationError
 from mesh.membership import (
@@ -703,15 +703,16 @@ class Simulation:
 
     def _scores(self, r: int) -> dict[str, float]:
         """Candidate scores as ``nodes.control`` computes them: voters only (its default
-        ``voter_candidates``), ``candidate_score`` of the advertised slots summed over kinds and
-        the uptime, without the observer-dependent distance term, rounded to whole points."""
+        ``voter_candidates``), ``rank_score`` of the advertised slots summed over kinds and the
+        uptime. The distance term is 0 here: the network model places a region's members at
+        the region's location (intra-region jitter only), well inside one 10 ms step."""
         now = self.loop.now
         out: dict[str, float] = {}
         for v in self.voters[r]:
             peer = self.peers[v.peer]
             if peer.online or now == 0:
                 slots = sum(self.w.capacity[v.peer].values())
-                out[self.w.peer_ids[v.peer]] = float(round(candidate_score(slots, now - peer.joined_at, 0.0)))
+                out[self.w.peer_ids[v.peer]] = rank_score(slots, now - peer.joined_at, 0.0)
         return out
 
     def _candidates_tick(self, r: int) -> None:
