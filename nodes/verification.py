@@ -802,12 +802,17 @@ class VerificationCore:
             if wid not in self._copies and wid not in self._tasks:
                 return wid
 
-    def _hedge_time(self, kind: str, now: float, deadline: float) -> float:
+    def _hedge_time(self, kind: str, now: float, deadline: float, ahead: int = 0) -> float:
+        """When a copy sent now is overdue: ``hedge_factor`` times the kind's recent latency,
+        once more for each copy already waiting on the same worker (``ahead``), so a worker
+        that is merely busy with our own earlier tasks is not taken for a silent one (the
+        demo banned an honest worker as "unresponsive" that way, under load); capped at
+        ``hedge_max_fraction`` of the budget, so a silent worker is still caught in time."""
         c = self.config
         if not c.hedge:
             return math.inf
         est = self._latency.get(kind)
-        delay = max(c.hedge_min_s, c.hedge_factor * est) if est is not None else c.hedge_min_s
+        delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
         cap = c.hedge_max_fraction * (deadline - now)
         if cap < c.hedge_min_s:
             return math.inf
@@ -815,10 +820,11 @@ class VerificationCore:
 
     def _track(self, copy: _Copy, now: float) -> None:
         self._copies[copy.wire_id] = copy
-        self._inflight[copy.worker] = self._inflight.get(copy.worker, 0) + 1
+        ahead = self._inflight.get(copy.worker, 0)
+        self._inflight[copy.worker] = ahead + 1
         copy.sent_at = now
         kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
-        copy.hedge_at = self._hedge_time(kind, now, copy.deadline)
+        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead)
         if copy.hedge_at < math.inf:
             heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
 

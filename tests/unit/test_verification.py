@@ -515,3 +515,44 @@ def test_join_probe_and_placer_hook() -> None:
     core.on_submit(task(), 0.3)
     (s,) = sends(core.poll_effects())
     assert s.worker == W[2] and [w for w, _ in seen[0]] == [W[1], W[2]]  # banned W[0] never offered
+
+
+def test_a_worker_busy_with_our_own_queue_is_not_struck_a_silent_one_is() -> None:
+    """Copies waiting behind our earlier copies on the same worker get proportionally
+    longer before they count as overdue: a worker answering its queue one by one is busy,
+    not silent (the demo banned such an honest worker as unresponsive, under load)."""
+    cfg = replace(HEDGING, strikes_to_ban=2, strike_interval_s=0.0)
+    core = make(cfg, workers=2)
+    # the kind's latency is learned: 0.1 s
+    core.on_submit(task(1, deadline=20.0), 0.0)
+    for s in sends(core.poll_effects()):
+        core.on_result(s.wire_id, s.worker, right(b"input"), 0.1)
+    drain_inline(core, 0.1)
+    # ten tasks at once: one worker answers at once, the other works through its queue,
+    # one answer every 0.3 s (three times the learned latency)
+    now = 1.0
+    queued: list[SendTo] = []
+    for n in range(2, 12):
+        core.on_submit(task(n, deadline=20.0, data=b"in%d" % n), now)
+    for s in sends(drain_inline(core, now)):
+        if s.worker == W[0]:
+            queued.append(s)
+        else:
+            core.on_result(s.wire_id, s.worker, right(s.data), now)
+    assert len(queued) >= 3
+    for k, s in enumerate(queued, start=1):
+        t = now + 0.3 * k
+        core.on_tick(t)
+        drain_inline(core, t)
+        core.on_result(s.wire_id, s.worker, right(s.data), t)
+        drain_inline(core, t)
+    assert core.stats.strikes == 0 and not core.reputation.is_banned(W[0], 10.0)
+    # the same worker falling silent with a queue is still struck and banned in time
+    for n in range(12, 20):
+        core.on_submit(task(n, deadline=20.0, data=b"in%d" % n), 10.0)
+    for s in sends(drain_inline(core, 10.0)):
+        if s.worker != W[0]:
+            core.on_result(s.wire_id, s.worker, right(s.data), 10.0)
+    core.on_tick(20.0)
+    drain_inline(core, 20.0)
+    assert core.reputation.is_banned(W[0], 20.0)
