@@ -105,6 +105,8 @@ MAX_MEMBERS = 1024
 MAX_REGIONS = 256
 MAX_VOTERS = 15
 MAX_RELEASES = 256
+#: Workers one lease request may exclude (the client's own bans).
+MAX_EXCLUDE = 64
 MAX_SAMPLES = 64
 MAX_U63 = (1 << 63) - 1
 
@@ -281,6 +283,8 @@ class LeaseRequest:
     release: tuple[int, ...] = ()
     #: (worker, kind, observed latency seconds) measured by the client since its last request.
     observed: tuple[tuple[str, str, float], ...] = ()
+    #: Workers the client banned itself (it would refuse their results): never lease them.
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +499,7 @@ def _body(msg: ControlMessage) -> tuple[str, list[Any]]:
             msg.affinity,
             list(msg.release),
             [list(o) for o in msg.observed],
+            list(msg.exclude),
         ]
     if isinstance(msg, LeaseGrant):
         return "lgrant", [
@@ -689,7 +694,9 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:
             tuple(samples),
         )
     if mtype == "lreq":
-        f = _fields(f, 9, "lease request")
+        # 9 fields before ``exclude`` was added: still accepted from older clients
+        f = [*f, []] if isinstance(f, list) and len(f) == 9 else f
+        f = _fields(f, 10, "lease request")
         observed = []
         for o in _list(f[8], "observed latencies", MAX_SAMPLES):
             of = _fields(o, 3, "observed latency")
@@ -710,6 +717,7 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:
             affinity=_opt_str(f[6], "affinity", MAX_PEER),
             release=tuple(_int(i, "lease id") for i in _list(f[7], "releases", MAX_RELEASES)),
             observed=tuple(observed),
+            exclude=_strs(f[9], "excluded workers", MAX_EXCLUDE, MAX_PEER),
         )
     if mtype == "lgrant":
         f = _fields(f, 9, "lease grant")

@@ -126,6 +126,7 @@ class Coordinator:
                     priority=req.priority,
                     gamer_coord=req.coord,
                     affinity=req.affinity,
+                    exclude=req.exclude,
                 ),
                 now,
             )

@@ -489,8 +489,11 @@ class MeshClient:
         rid = next(self._rids)
         release = tuple(self._to_release[: cw.MAX_RELEASES])
         observed = self._take_observed()
+        # the workers this gamer banned itself: a lease on one would be wasted (and the
+        # coordinator may not know of the ban: a local one carries no proof to gossip)
+        exclude = tuple(peer_id_to_str(w) for w in self.gamer.banned()[: cw.MAX_EXCLUDE])
         req = cw.LeaseRequest(
-            rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed
+            rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed, exclude
         )
         try:
             reply = await link.request(req, rid, self.config.request_timeout_s)

@@ -147,6 +147,8 @@ class PlacementRequest:
     #: A worker the gamer would rather keep (warm model, cached inputs).
     affinity: str | None = None
     lease_s: float | None = None
+    #: Workers this gamer will not use (it banned them itself): never leased to it.
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,10 +607,12 @@ class Scheduler:
                 self._refuse(req, UnavailableError, f"no live worker runs {kind!r}")
                 continue
             if not self._place(req, now):
-                if self._all_banned(kind, now):
+                if self._all_unusable(req, now):
                     heapq.heappop(q)
                     self._queued.pop(req.request_id, None)
-                    self._refuse(req, UnavailableError, f"every live worker running {kind!r} is banned")
+                    self._refuse(
+                        req, UnavailableError, f"every live worker running {kind!r} is banned or excluded"
+                    )
                     continue
                 return  # EDF: the head waits for room; later deadlines wait behind it
             heapq.heappop(q)
@@ -654,12 +658,16 @@ class Scheduler:
         self._effects.append(LeaseGranted(lease))
         return True
 
-    def _all_banned(self, kind: str, now: float) -> bool:
+    def _all_unusable(self, req: PlacementRequest, now: float) -> bool:
+        """Every live worker of the kind is banned here or excluded by the gamer: waiting
+        would block the queue's head for ever, so the request is refused instead."""
         trust = self.config.trust
-        if trust is None:
+        if trust is None and not req.exclude:
             return False
-        ids = self._by_kind.get(kind, ())
-        return bool(ids) and all(trust.is_banned(w, now) for w in ids)
+        ids = self._by_kind.get(req.kind, ())
+        return bool(ids) and all(
+            w in req.exclude or (trust is not None and trust.is_banned(w, now)) for w in ids
+        )
 
     def _views(self, req: PlacementRequest, pool: Sequence[str], now: float) -> list[WorkerView]:
         kind = req.kind
@@ -671,7 +679,10 @@ class Scheduler:
         kind_default = self._kind_service.get(kind, self.config.default_service_s)
         workers = self._workers
         views: list[WorkerView] = []
+        exclude = frozenset(req.exclude)
         for wid in pool:
+            if wid in exclude:
+                continue
             w = workers[wid]
             cap = w.capacity.get(kind, 0)
             used = w.in_use.get(kind, 0)

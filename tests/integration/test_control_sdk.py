@@ -198,3 +198,32 @@ async def test_joining_waits_out_a_slow_bootstrap_and_says_why_when_it_gives_up(
                         gamer, inner, [addr], config=MeshClientConfig(region="eu", join_timeout_s=5.0)
                     )
         nursery.cancel_scope.cancel()
+
+
+async def test_workers_the_gamer_banned_itself_get_no_more_leases(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A local ban (no proof to gossip, e.g. an unresponsive worker) stays the gamer's own:
+    its lease requests list the banned workers, and the coordinator leases others."""
+    net = MemoryNetwork(seed=13, link=LinkModel(delay_s=0.005))
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 4, workers=True, seed=4)
+        await wait_for(lambda: one_coordinator(eu), timeout=30)
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(
+                host=gamer_host, bootstrap=[eu[1].host.listen_addrs()[0]], region="eu"
+            ) as gamer,
+        ):
+            mesh = gamer.mesh
+            assert mesh is not None
+            await wait_for(lambda: len(mesh.leases()) >= 2, 5)
+            victim = mesh.leases()[0][1]
+            gamer.reputation.ban(
+                next(m.identity.peer_id_bytes for m in eu if m.peer == victim), trio.current_time()
+            )
+            handles = [await gamer.submit("echo", b"x%d" % i, deadline=20.0) for i in range(40)]
+            await trio.sleep(15.0)  # leases on the victim lapse; renewals and new requests exclude it
+            assert all(w != victim for _, w, _, _ in mesh.leases())
+            assert [await h.result() for h in handles] == [b"x%d" % i for i in range(40)]
+        nursery.cancel_scope.cancel()

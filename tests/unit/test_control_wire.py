@@ -57,6 +57,7 @@ SAMPLES: list[cw.ControlMessage] = [
     cw.LoadReport(9, 0.25, 2, (("echo", 4), ("upscale", 2)), (("echo", 10, 0.003),)),
     cw.LeaseRequest(1, "echo", 2, 0.5, 0, Coord(0.1, 0.2, 0.01), PB, (4, 5), ((PB, "echo", 0.01),)),
     cw.LeaseRequest(2, "echo", 1, 1.0, 1, None, None),
+    cw.LeaseRequest(3, "echo", 1, 1.0, 1, None, None, exclude=(PB, PB[::-1])),
     cw.LeaseGrant(1, 42, PB, ("/ip4/1.2.3.4/tcp/1",), "echo", 2, 5.0, 0.02, 7),
     cw.LeaseRefused(1, "unavailable", "no live worker runs 'x'"),
     cw.LeaseRedirect(1, "us", PB, ("/ip4/5.6.7.8/tcp/2",)),
@@ -221,3 +222,11 @@ def test_dht_records_are_bound_signed_unexpired_and_newest_wins() -> None:
     assert validator.select(key, [old, forged]) == 0  # a forged record never wins
     with pytest.raises(ValueError):
         validator.validate(key, forged)
+
+
+def test_lease_request_without_exclude_field_from_older_clients_still_decodes() -> None:
+    req = cw.LeaseRequest(7, "echo", 1, 1.0, 1, None, None)
+    body = cw.encode(req)[4:]
+    mtype_fields = msgpack.unpackb(body, raw=False)
+    mtype_fields[2] = mtype_fields[2][:9]  # what a client before ``exclude`` sends
+    assert cw.decode(msgpack.packb(mtype_fields, use_bin_type=True)) == req

@@ -317,3 +317,23 @@ def test_free_slot_index_finds_the_last_free_workers_and_keeps_totals() -> None:
     assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 499}
     s.on_worker(last[1], {"upscale": 3}, 2.0)
     assert dict(s.region_summary("c", HERE).free_slots) == {"ai": 499, "upscale": 1}
+
+
+def test_a_gamers_excluded_workers_are_never_leased_to_it() -> None:
+    """A gamer lists the workers it banned itself; the coordinator must not lease those to
+    it, and a request that excludes every capable worker is refused at once instead of
+    blocking the queue's head for everybody else."""
+    s = Scheduler(random.Random(0))
+    for w in ("w1", "w2", "w3"):
+        s.on_worker(w, {"upscale": 8}, 0.0, coord=HERE)
+    for i in range(8):  # exactly w2's capacity: nothing waits
+        s.submit(req(f"r{i}", exclude=("w1", "w3")), 0.0)
+    effs = s.poll_effects()
+    assert len(granted(effs)) == 8 and {w for _, w in granted(effs)} == {"w2"}
+    s.submit(req("all-out", exclude=("w1", "w2", "w3")), 0.1)
+    s.submit(req("other-gamer"), 0.1)
+    effs = s.poll_effects()
+    (refused,) = [e for e in effs if isinstance(e, PlacementRefused)]
+    assert refused.request_id == "all-out" and isinstance(refused.to_error(), UnavailableError)
+    assert "excluded" in refused.reason
+    assert [r for r, _ in granted(effs)] == ["other-gamer"]
