@@ -1133,6 +1133,8 @@ class Simulation:
             gamer_coord=self.w.coords[st.gamer],
             affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
             lease_s=st.lease_s,
+            # the gamer's own bans, as ``nodes.mesh_client`` sends them (``LeaseRequest.exclude``)
+            exclude=tuple(p.decode() for p, _ in self._gamer_of(st).rep.banned(now)[: cw.MAX_EXCLUDE]),
         )
         samples = tuple(lane.samples)
         lane.samples = []
