@@ -488,6 +488,8 @@ class VerificationCore:
         self._known: OrderedDict[tuple[str, bytes, bytes], _Known] = OrderedDict()
         self._known_bytes = 0
         self._latency: dict[str, float] = {}
+        #: The same per (worker, kind): a worker is judged against its own pace once known.
+        self._wlatency: dict[tuple[bytes, str], float] = {}
         self._strikes: dict[bytes, int] = {}
         self._last_strike: dict[bytes, float] = {}
         self._effects: list[Effect] = []
@@ -541,6 +543,8 @@ class VerificationCore:
         """Forget ``worker``; its copies fail here (the shell need not report them)."""
         self._workers.discard(worker)
         self._strikes.pop(worker, None)
+        for key in [k for k in self._wlatency if k[0] == worker]:
+            del self._wlatency[key]
         self._fail_worker(worker, UnavailableError("worker went away"), now)
 
     def ban(self, worker: bytes, now: float, reason: str, evidence: Evidence | None = None) -> None:
@@ -802,16 +806,23 @@ class VerificationCore:
             if wid not in self._copies and wid not in self._tasks:
                 return wid
 
-    def _hedge_time(self, kind: str, now: float, deadline: float, ahead: int = 0) -> float:
+    def _hedge_time(
+        self, kind: str, now: float, deadline: float, ahead: int = 0, worker: bytes | None = None
+    ) -> float:
         """When a copy sent now is overdue: ``hedge_factor`` times the kind's recent latency,
         once more for each copy already waiting on the same worker (``ahead``), so a worker
         that is merely busy with our own earlier tasks is not taken for a silent one (the
         demo banned an honest worker as "unresponsive" that way, under load); capped at
-        ``hedge_max_fraction`` of the budget, so a silent worker is still caught in time."""
+        ``hedge_max_fraction`` of the budget, so a silent worker is still caught in time.
+        The latency is the worker's own for the kind once known (a CPU peer is not judged by
+        the pace of GPU peers: the simulator saw hundreds of honest CPU workers banned as
+        unresponsive that way), else the kind's."""
         c = self.config
         if not c.hedge:
             return math.inf
-        est = self._latency.get(kind)
+        est = self._wlatency.get((worker, kind)) if worker is not None else None
+        if est is None:
+            est = self._latency.get(kind)
         delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
         cap = c.hedge_max_fraction * (deadline - now)
         if cap < c.hedge_min_s:
@@ -824,7 +835,7 @@ class VerificationCore:
         self._inflight[copy.worker] = ahead + 1
         copy.sent_at = now
         kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
-        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead)
+        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker)
         if copy.hedge_at < math.inf:
             heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
 
@@ -871,6 +882,9 @@ class VerificationCore:
             lat = min(lat, copy.hedge_at - copy.sent_at)
         old = self._latency.get(kind)
         self._latency[kind] = lat if old is None else 0.8 * old + 0.2 * lat
+        key = (copy.worker, kind)
+        old = self._wlatency.get(key)
+        self._wlatency[key] = lat if old is None else 0.8 * old + 0.2 * lat
         if now <= copy.hedge_at:
             self._strikes.pop(copy.worker, None)
             self._last_strike.pop(copy.worker, None)

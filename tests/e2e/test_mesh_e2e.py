@@ -185,16 +185,32 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
             f"no convergence in 150 s (stages reached: {reached}):\n" + describe()
         )
         converged_s = trio.current_time() - t_start
-        # one coordinator per region, agreed by all its members
-        coords = {}
-        for region in REGIONS:
-            seen = {
-                (_region(s, region).coordinator, _region(s, region).epoch)  # type: ignore[union-attr]
-                for n, s in views.items()
-                if s is not None and by_name[n].region == region
-            }
-            assert len(seen) == 1, f"{region}: members disagree on the coordinator: {seen}"
-            coords[region] = next(iter(seen))
+        # one coordinator per region, agreed by all its members. Views are sampled one by
+        # one, so a member that has not yet heard the latest renew (same coordinator, newer
+        # epoch) can lag for a moment: sample again until they agree (a few seconds at most).
+        coords: dict[str, tuple[str | None, int]] = {}
+        with trio.move_on_after(15):
+            while True:
+                for region in REGIONS:
+                    seen = {
+                        (_region(s, region).coordinator, _region(s, region).epoch)  # type: ignore[union-attr]
+                        for n, s in views.items()
+                        if s is not None and by_name[n].region == region and _region(s, region) is not None
+                    }
+                    if len(seen) == 1:
+                        coords[region] = next(iter(seen))
+                if len(coords) == len(REGIONS):
+                    break
+                coords.clear()
+                await trio.sleep(0.5)
+
+                async def ask_again(p: Proc) -> None:
+                    views[p.name] = await _status(p.addr() or "", probe)
+
+                async with trio.open_nursery() as sweep:
+                    for p in cluster:
+                        sweep.start_soon(ask_again, p)
+        assert len(coords) == len(REGIONS), "members disagree on their coordinator:\n" + describe()
         eu_coord, eu_epoch = coords["eu"]
         victim = next(p for p in cluster if p.peer == eu_coord)
         survivors = [p for p in cluster if p.region == "eu" and p is not victim]

@@ -556,3 +556,27 @@ def test_a_worker_busy_with_our_own_queue_is_not_struck_a_silent_one_is() -> Non
     core.on_tick(20.0)
     drain_inline(core, 20.0)
     assert core.reputation.is_banned(W[0], 20.0)
+
+
+def test_a_steady_slow_worker_is_judged_by_its_own_pace() -> None:
+    """A CPU peer that always answers in 0.8 s beside a GPU peer answering in 10 ms is slow,
+    not silent: after its first answers it is hedged against its own pace and never banned."""
+    cfg = replace(HEDGING, strikes_to_ban=2, strike_interval_s=0.0)
+    core = make(cfg, workers=5)
+    pace = {W[0]: 0.8, **{w: 0.01 for w in W[1:5]}}  # the kind's pace is set by the fast ones
+    now = 0.0
+    for n in range(1, 41):
+        core.on_submit(task(n, deadline=20.0, data=b"t%d" % n), now)
+        pending = sends(drain_inline(core, now))
+        end = now + 2.0
+        while pending:
+            s = min(pending, key=lambda s: pace[s.worker])
+            pending.remove(s)
+            at = now + pace[s.worker]
+            core.on_tick(at)
+            pending += sends(drain_inline(core, at))  # a hedge may have sent a copy elsewhere
+            core.on_result(s.wire_id, s.worker, right(s.data), at)
+            drain_inline(core, at)
+        now = end
+    assert not core.reputation.is_banned(W[0], now)
+    assert core.stats.strikes <= 2
