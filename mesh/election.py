@@ -244,7 +244,8 @@ class ElectionConfig:
     lease_s: float = 1.5
     renew_interval_s: float = 0.5
     claim_timeout_s: float = 0.2
-    #: After each claim that timed out, the next one waits twice as long for its votes (and
+    #: After each claim that timed out with fewer than a quorum of voters answering at all
+    #: (refusals count as answers), the next one waits twice as long for its votes (and
     #: retries after a jitter twice as wide), up to this factor; reset once a coordinator is
     #: seen. Under CPU starvation a vote's round trip can exceed ``claim_timeout_s``: with a
     #: fixed timeout every claim then failed and voters stayed promised to stale claims
@@ -357,6 +358,8 @@ class ElectionCore:
         self._claim_sent = 0.0
         self._claim_deadline = 0.0
         self._grants: set[str] = set()
+        #: Voters that answered the current claim at all (granted or refused).
+        self._answered: set[str] = set()
         #: Claims in a row that timed out (see ``ElectionConfig.claim_backoff_max``).
         self._failed_claims = 0
         # coordinator state
@@ -459,7 +462,11 @@ class ElectionCore:
                     continue
             elif self.role is Role.CANDIDATE:
                 if now >= self._claim_deadline:
-                    self._failed_claims += 1
+                    if len(self._answered | self._grants) < self.quorum:
+                        # Too few voters answered at all: the round trip is the problem,
+                        # so wait longer next time. Refusals (a voter still promised to a
+                        # coordinator that just died) are answers: no back-off for them.
+                        self._failed_claims += 1
                     self._abandon(now, retry=True)
                     continue
             elif self._claim_at is not None and now >= self._claim_at:
@@ -486,6 +493,7 @@ class ElectionCore:
         self._claim_sent = now
         self._claim_deadline = now + self._claim_timeout()
         self._grants = set()
+        self._answered = set()
         if self.is_voter and self._may_promise(self.self_id, now):
             self._record_vote(epoch, self.self_id, now)
             self._grants.add(self.self_id)
@@ -511,6 +519,8 @@ class ElectionCore:
             return
         if not v.granted:
             self.term = max(self.term, v.voted_epoch)
+            if self.role is Role.CANDIDATE and v.epoch == self._claim_epoch and v.candidate == self.self_id:
+                self._answered.add(v.voter)
             return
         if self.role is not Role.CANDIDATE or v.epoch != self._claim_epoch or v.candidate != self.self_id:
             return  # late grant for an epoch we abandoned or already won

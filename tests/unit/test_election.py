@@ -520,3 +520,29 @@ def test_failed_claims_back_off_until_a_vote_round_trip_fits() -> None:
     assert len(claims) == 4
     # a coordinator seen resets the back-off: the next failed claim waits the base timeout
     assert core._claim_timeout() == pytest.approx(0.2)
+
+
+def test_refused_claims_do_not_back_off() -> None:
+    """Voters that answer "no" (still promised to a coordinator that just died) are a fast
+    network, not a slow one: the retry keeps the base claim timeout, so failover stays quick."""
+    cfg = ElectionConfig(claim_timeout_s=0.2, claim_backoff_max=8.0)
+    core = ElectionCore("a", REGION, ("a", "b", "c"), random.Random(5), now=0.0, config=cfg)
+    core.on_candidates({"a": 5.0, "b": 1.0, "c": 1.0}, 0.0)
+    timeouts = []
+    now = 0.0
+    for _ in range(4):
+        now = core.next_deadline() or now
+        core.on_tick(now)
+        claims = [
+            e.message
+            for e in core.poll_effects()
+            if isinstance(e, Broadcast) and isinstance(e.message, Claim)
+        ]
+        if core.role is Role.CANDIDATE:
+            timeouts.append(core.next_deadline() - now)  # type: ignore[operator]
+            (claim,) = claims
+            for voter in ("b", "c"):
+                core.on_message(
+                    Vote(REGION, claim.epoch, voter, "a", False, claim.epoch, None, 0), now + 0.01
+                )
+    assert len(timeouts) >= 2 and all(t == pytest.approx(0.2) for t in timeouts)
