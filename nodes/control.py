@@ -121,8 +121,13 @@ class ControlConfig:
     #: 2 s; the claim timeout is raised from 0.2 s to 0.5 s because a claim's round trip
     #: between loaded processes (12 nodes on 2 cores) often exceeded 0.2 s, so every claim
     #: failed and retried. It only bounds a *failed* claim; a claim wins as soon as a quorum
-    #: answers, so it does not lengthen a normal failover.
-    election: ElectionConfig = field(default_factory=lambda: ElectionConfig(claim_timeout_s=0.5))
+    #: answers, so it does not lengthen a normal failover. The rank stagger is raised from
+    #: 0.1 s to 0.25 s for the same reason: the second-ranked voter must hear the first one's
+    #: claim before its own turn, or both claim and split the vote (the 12-node test then
+    #: took 3 epochs and 3 s to fail over); it delays only a failover the first rank misses.
+    election: ElectionConfig = field(
+        default_factory=lambda: ElectionConfig(claim_timeout_s=0.5, rank_stagger_s=0.25)
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ping_interval_s: float = 1.0
     #: Peers pinged per interval (Vivaldi needs a few samples per second, not all pairs).

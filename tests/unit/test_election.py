@@ -546,3 +546,29 @@ def test_refused_claims_do_not_back_off() -> None:
                     Vote(REGION, claim.epoch, voter, "a", False, claim.epoch, None, 0), now + 0.01
                 )
     assert len(timeouts) >= 2 and all(t == pytest.approx(0.2) for t in timeouts)
+
+
+def test_a_claim_refused_for_a_promise_about_to_end_is_granted_when_it_ends() -> None:
+    """A voter still promised to a coordinator that just died refuses the successor's claim;
+    when that promise runs out (within the claim's timeout) it grants the claim after all,
+    so the first claim of a failover wins instead of racing its retries."""
+    cfg = ElectionConfig(claim_timeout_s=0.5)
+    v = ElectionCore("v", REGION, ("a", "c", "v"), random.Random(2), now=0.0, config=cfg, eligible=False)
+    v.on_message(Renew(REGION, 1, "c", 1), 2.0)  # promised to c until 3.5
+    v.poll_effects()
+    v.on_message(Claim(REGION, 2, "a", 1.0), 3.2)
+    (refusal,) = [e.message for e in v.poll_effects() if isinstance(e, Send)]
+    assert isinstance(refusal, Vote) and not refusal.granted
+    assert v.next_deadline() == pytest.approx(3.5)
+    v.on_tick(3.5)
+    (grant,) = [e.message for e in v.poll_effects() if isinstance(e, Send)]
+    assert isinstance(grant, Vote) and grant.granted and grant.epoch == 2 and grant.candidate == "a"
+    assert v.voted_epoch == 2 and v.voted_for == "a"
+    # a claim refused for a promise with long to run is not deferred
+    w = ElectionCore("v", REGION, ("a", "c", "v"), random.Random(2), now=0.0, config=cfg, eligible=False)
+    w.on_message(Renew(REGION, 1, "c", 1), 2.0)
+    w.poll_effects()
+    w.on_message(Claim(REGION, 2, "a", 1.0), 2.1)
+    w.poll_effects()
+    w.on_tick(3.6)
+    assert not [e for e in w.poll_effects() if isinstance(e, Send)] and w.voted_epoch == 0
