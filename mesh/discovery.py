@@ -38,7 +38,6 @@ control service, which dials and links like any bootstrap peer.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,7 @@ from libp2p.records.pubkey import PublicKeyValidator
 from libp2p.records.validator import NamespacedValidator, Validator
 
 from mesh import control_wire as cw
+from mesh.clock import wall_ms
 from mesh.errors import ProtocolError, VerificationError
 
 log = logging.getLogger("p2c2r.mesh.discovery")
@@ -153,10 +153,6 @@ def _load(data: bytes, n: int) -> list[Any]:
     return f
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)  # records cross machines: wall clock, for expiry only
-
-
 def parse_record(key: str, value: bytes, *, now_ms: int | None = None) -> NodeRecord | RegionRecord:
     """Validate ``value`` stored under ``key``; raises ``ProtocolError``/``VerificationError``."""
     blob = cw.Signed.decode(value, MAX_RECORD_BYTES)
@@ -173,7 +169,7 @@ def parse_record(key: str, value: bytes, *, now_ms: int | None = None) -> NodeRe
         cw.verify_blob(blob, cw.DOMAIN_REGION_RECORD, rec.coordinator)
     else:
         raise ProtocolError(f"unknown /{NAMESPACE}/ key {key!r}")
-    if rec.expires_ms <= (now_ms if now_ms is not None else _now_ms()):
+    if rec.expires_ms <= (now_ms if now_ms is not None else wall_ms()):
         raise ProtocolError("record expired")
     return rec
 
@@ -259,7 +255,7 @@ class Libp2pDiscovery:
 
     def _next_seq(self) -> int:
         # Wall-clock ms: a restarted node's records must still win over its old ones.
-        self._seq = max(self._seq + 1, _now_ms())
+        self._seq = max(self._seq + 1, wall_ms())
         return self._seq
 
     async def put_node(
@@ -268,7 +264,7 @@ class Libp2pDiscovery:
         rec = NodeRecord(
             peer,
             self._next_seq(),
-            _now_ms() + int(self.config.record_ttl_s * 1000),
+            wall_ms() + int(self.config.record_ttl_s * 1000),
             region,
             tuple(sorted(capacity.items()))[: cw.MAX_KINDS],
             cpus,
@@ -285,7 +281,7 @@ class Libp2pDiscovery:
             coordinator,
             epoch,
             self._next_seq(),
-            _now_ms() + int(self.config.record_ttl_s * 1000),
+            wall_ms() + int(self.config.record_ttl_s * 1000),
             tuple(addrs)[: cw.MAX_ADDRS],
             tuple(voters)[: cw.MAX_VOTERS],
         )

@@ -184,7 +184,6 @@ class Libp2pGossip:
         task per message, within its 5 s validation timeout; a message it rejects or that
         times out is neither delivered nor forwarded). ``max_bytes`` replaces
         ``max_message_bytes`` for this topic; keep it under the inbound RPC cap."""
-        from libp2p.peer.id import ID
 
         pubsub, nursery = self._pubsub, self._nursery
         if pubsub is None or nursery is None:
@@ -195,10 +194,8 @@ class Libp2pGossip:
             if len(data) > max_bytes:
                 self._count("gossip_oversized")
                 return False
-            try:
-                origin = ID(bytes(msg.from_id)).to_base58()
-            except Exception:
-                self._count("gossip_bad_origin")
+            origin = self._origin(msg)
+            if origin is None:
                 return False
             why = await validator(origin, data)
             if why is not None:
@@ -211,16 +208,22 @@ class Libp2pGossip:
         nursery.start_soon(self._read, sub, handler)
 
     async def _read(self, sub: Any, handler: TopicHandler) -> None:
-        from libp2p.peer.id import ID
-
         async for msg in sub:
-            try:
-                origin = ID(bytes(msg.from_id)).to_base58()
-            except Exception:
-                self._count("gossip_bad_origin")
+            origin = self._origin(msg)
+            if origin is None:
                 continue
             self._count("gossip_received")
             handler(origin, bytes(msg.data))
+
+    def _origin(self, msg: Any) -> str | None:
+        """The author's peer id (base58) of a pubsub message; ``None`` (counted) if unusable."""
+        from libp2p.peer.id import ID
+
+        try:
+            return str(ID(bytes(msg.from_id)).to_base58())
+        except (TypeError, ValueError):
+            self._count("gossip_bad_origin")
+            return None
 
     async def publish(self, topic: str, data: bytes) -> None:
         pubsub = self._pubsub

@@ -133,8 +133,9 @@ def peer_id_from_str(text: str) -> bytes:
     """Parse a base58 peer id; only ids that embed an Ed25519 key (``12D3KooW...``) are ours."""
     try:
         raw = ID.from_base58(text).to_bytes()
-    except Exception as exc:
+        key = ID(raw).extract_public_key()
+    except Exception as exc:  # py-libp2p and its base58/multihash decoders raise foreign types
         raise ConfigError(f"{text!r} is not a peer id") from exc
-    if not isinstance(ID(raw).extract_public_key(), Ed25519PublicKey):
+    if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{text!r} is not a peer id (expected an Ed25519 id such as 12D3KooW...)")
     return raw

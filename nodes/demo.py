@@ -265,33 +265,38 @@ def plan_mesh(key_files: list[Path], regions: tuple[str, ...]) -> MeshPlan:
 
 
 async def _mesh_formed(procs: list[WorkerProcess], plan: MeshPlan) -> dict[str, Any] | None:
-    """Ask one node per region for its view until every region has a coordinator that all of
-    its members agree on; the regions' state, or ``None`` after ``MESH_TIMEOUT_S``."""
+    """Ask the first node of each region for its view until every region reports a
+    coordinator, all its members and every other region; their state, or ``None`` after
+    ``MESH_TIMEOUT_S``."""
+    from mesh.identity import Identity
+    from mesh.libp2p_host import open_host
     from nodes.mesh_client import fetch_status
 
     first_of = {r: procs[plan.region_of.index(r)].addr for r in plan.regions}
-    with trio.move_on_after(MESH_TIMEOUT_S):
-        while True:
-            state: dict[str, Any] = {}
-            for region, addr in first_of.items():
-                try:
-                    snap = await fetch_status(addr, timeout=3.0)
-                except P2C2RError:
-                    break
-                view = next((v for v in snap.regions if v.region == region), None)
-                if view is None or view.coordinator is None or len(view.members) < plan.members(region):
-                    break
-                if sorted(v.region for v in snap.regions) != sorted(plan.regions):
-                    break
-                state[region] = {
-                    "coordinator": view.coordinator,
-                    "epoch": view.epoch,
-                    "members": len(view.members),
-                    "entry": addr,
-                }
-            if len(state) == len(plan.regions):
-                return state
-            await trio.sleep(0.5)
+    # one probe host for every poll: fetch_status without one would start a host per query
+    async with open_host(Identity.generate()) as probe:
+        with trio.move_on_after(MESH_TIMEOUT_S):
+            while True:
+                state: dict[str, Any] = {}
+                for region, addr in first_of.items():
+                    try:
+                        snap = await fetch_status(addr, host=probe, timeout=3.0)
+                    except P2C2RError:
+                        break
+                    view = next((v for v in snap.regions if v.region == region), None)
+                    if view is None or view.coordinator is None or len(view.members) < plan.members(region):
+                        break
+                    if sorted(v.region for v in snap.regions) != sorted(plan.regions):
+                        break
+                    state[region] = {
+                        "coordinator": view.coordinator,
+                        "epoch": view.epoch,
+                        "members": len(view.members),
+                        "entry": addr,
+                    }
+                if len(state) == len(plan.regions):
+                    return state
+                await trio.sleep(0.5)
     return None
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import random
 import struct
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import trio
 
+from mesh import clock
 from mesh.errors import ConnectionLostError, ProtocolError, UnavailableError, VerificationError
 from mesh.gossip import EVIDENCE_MAX_BYTES, EVIDENCE_TOPIC, AsyncGossipPort
 from mesh.transport import Host, Stream
@@ -293,10 +293,6 @@ class EvidenceGossipStats:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class EvidenceGossip:
     """Evidence on GossipSub: publish what this node verified first-hand, verify and act
     on what others publish. ``await nursery.start(gossip.run)``; the verification and the
@@ -315,7 +311,7 @@ class EvidenceGossip:
         sign: Callable[[bytes], bytes],
         config: EvidenceGossipConfig = EvidenceGossipConfig(),
         *,
-        wall_ms: Callable[[], int] = _wall_ms,
+        wall_ms: Callable[[], int] = clock.wall_ms,
         rng: random.Random | None = None,
     ) -> None:
         self.port = port

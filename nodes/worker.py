@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -52,6 +51,7 @@ from typing import Any, NoReturn, Protocol
 import trio
 
 from mesh import wire
+from mesh.clock import wall_ms
 from mesh.errors import (
     ConnectionLostError,
     FrameTooLargeError,
@@ -519,7 +519,7 @@ class Worker:
             if bad != output:
                 output, out_digest = bad, wire.digest(bad)
         # Wall-clock time is an attestation in the receipt, not used for any timing logic.
-        ts_ms = int(time.time() * 1000)
+        ts_ms = wall_ms()
         d = receipt_digest(
             task.task_id,
             task.kind,

@@ -142,19 +142,21 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
                 for n, s in sorted(views.items())
             )
 
+        async def ask_everyone() -> None:
+            async def ask(p: Proc) -> None:
+                views[p.name] = await _status(p.addr() or "", probe)
+
+            async with trio.open_nursery() as sweep:
+                for p in cluster:
+                    sweep.start_soon(ask, p)
+
         t_start = trio.current_time()
         reached: dict[str, float] = {}
         with trio.move_on_after(150) as converge:
             while any(p.addr() is None for p in cluster):  # noqa: ASYNC110 - polling another process
                 await trio.sleep(0.2)
             while True:
-
-                async def ask(p: Proc) -> None:
-                    views[p.name] = await _status(p.addr() or "", probe)
-
-                async with trio.open_nursery() as sweep:
-                    for p in cluster:
-                        sweep.start_soon(ask, p)
+                await ask_everyone()
                 stages = {
                     "answers": all(s is not None for s in views.values()),
                     "members": all(
@@ -203,13 +205,7 @@ async def test_twelve_nodes_two_regions_failover_loses_nothing(cluster: list[Pro
                     break
                 coords.clear()
                 await trio.sleep(0.5)
-
-                async def ask_again(p: Proc) -> None:
-                    views[p.name] = await _status(p.addr() or "", probe)
-
-                async with trio.open_nursery() as sweep:
-                    for p in cluster:
-                        sweep.start_soon(ask_again, p)
+                await ask_everyone()
         assert len(coords) == len(REGIONS), "members disagree on their coordinator:\n" + describe()
         eu_coord, eu_epoch = coords["eu"]
         victim = next(p for p in cluster if p.peer == eu_coord)
