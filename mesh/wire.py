@@ -18,6 +18,14 @@ A frame is a 4-byte big-endian body length followed by a msgpack body::
 - ``"C"`` cancel:  items = [task_id, ...]
 - ``"E"`` error:   items = [error_code, message]   (a frame-level error: the frame the peer
   sent could not be decoded, so no task id can be named)
+- ``"H"`` shared-memory hello (gamer to worker): items = [segment name, size, token, min_bytes]
+- ``"HA"`` its answer (worker to gamer): items = [ok, nonce, token, message]
+
+A payload (task ``data`` or result ``output``) with ``enc`` 2 (``ENC_SHM``) is not bytes but
+``[segment name, size]``: the bytes lie in a shared-memory segment on the same host
+(``nodes.shm``, which checks names and sizes; this module only checks their shape). The
+hello proves the two peers share one host: the worker reads a nonce from the segment the
+gamer named and returns it on the authenticated stream.
 
 The task id doubles as the request id: many tasks are in flight on one stream and results
 come back in any order. Several tasks (or results) in one frame is batching; the sender
@@ -51,6 +59,9 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 TASK_ID_LEN = 16
 ENC_RAW = 0
 ENC_ZSTD = 1
+#: The payload is in a shared-memory segment: ``[name, size]`` instead of bytes.
+ENC_SHM = 2
+MAX_SHM_NAME = 64
 #: Payloads at least this large are worth trying to compress.
 ZSTD_MIN_SIZE = 64 * 1024
 MAX_ITEMS_PER_FRAME = 65536
@@ -71,6 +82,36 @@ MSGPACK_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowEr
 
 
 @dataclass(frozen=True, slots=True)
+class ShmRef:
+    """A payload in a shared-memory segment: its name and exact size in bytes."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShmHello:
+    """``"H"``: the gamer's segment holding a nonce, the token the worker's output names
+    must carry, and the smallest output worth a segment."""
+
+    name: str
+    size: int
+    token: str
+    min_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShmHelloReply:
+    """``"HA"``: ok with the nonce read and the token the gamer's input names must carry,
+    or not ok with why (remote host, shared memory off)."""
+
+    ok: bool
+    nonce: bytes
+    token: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     task_id: bytes
     kind: str
@@ -79,6 +120,8 @@ class TaskRecord:
     enc: int = ENC_RAW
     #: Milliseconds the worker may spend before the gamer stops waiting; 0 means no limit.
     budget_ms: int = 0
+    #: Set (with ``enc`` ``ENC_SHM`` and empty ``data``) when the input is in shared memory.
+    shm: ShmRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +134,8 @@ class ResultRecord:
     signature: bytes
     #: In an ``"S"`` frame: this record's index among the batch's receipt digests.
     leaf: int = -1
+    #: Set (with ``enc`` ``ENC_SHM`` and empty ``output``) when the output is in shared memory.
+    shm: ShmRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +161,8 @@ class Frame:
     cancels: tuple[bytes, ...] = ()
     error: tuple[str, str] | None = None
     batch: SignedBatch | None = None
+    hello: ShmHello | None = None
+    hello_reply: ShmHelloReply | None = None
 
 
 # ---------------------------------------------------------------- encoding
@@ -126,8 +173,12 @@ def _frame(body: list[Any]) -> bytes:
     return _HEADER.pack(len(packed)) + packed
 
 
+def _payload(data: bytes, shm: ShmRef | None) -> bytes | list[Any]:
+    return data if shm is None else [shm.name, shm.size]
+
+
 def encode_tasks(tasks: list[TaskRecord]) -> bytes:
-    items = [[t.task_id, t.kind, t.params, t.data, t.enc, t.budget_ms] for t in tasks]
+    items = [[t.task_id, t.kind, t.params, _payload(t.data, t.shm), t.enc, t.budget_ms] for t in tasks]
     return _frame([VERSION, "T", items])
 
 
@@ -135,7 +186,7 @@ def encode_results(results: list[ResultRecord | ErrorRecord]) -> bytes:
     items: list[list[Any]] = []
     for r in results:
         if isinstance(r, ResultRecord):
-            items.append([r.task_id, 1, r.output, r.enc, r.ts_ms, r.signature])
+            items.append([r.task_id, 1, _payload(r.output, r.shm), r.enc, r.ts_ms, r.signature])
         else:
             items.append([r.task_id, 0, r.code, r.message[:MAX_MESSAGE_LEN]])
     return _frame([VERSION, "R", items])
@@ -149,7 +200,7 @@ def encode_signed_results(
     items: list[list[Any]] = []
     for r in results:
         if isinstance(r, ResultRecord):
-            items.append([r.task_id, 1, r.output, r.enc, r.ts_ms])
+            items.append([r.task_id, 1, _payload(r.output, r.shm), r.enc, r.ts_ms])
         else:
             items.append([r.task_id, 0, r.code, r.message[:MAX_MESSAGE_LEN]])
     return _frame([VERSION, "S", [signature, leaves, items]])
@@ -161,6 +212,14 @@ def encode_cancels(task_ids: list[bytes]) -> bytes:
 
 def encode_error(code: str, message: str) -> bytes:
     return _frame([VERSION, "E", [code, message[:MAX_MESSAGE_LEN]]])
+
+
+def encode_hello(hello: ShmHello) -> bytes:
+    return _frame([VERSION, "H", [hello.name, hello.size, hello.token, hello.min_bytes]])
+
+
+def encode_hello_reply(reply: ShmHelloReply) -> bytes:
+    return _frame([VERSION, "HA", [reply.ok, reply.nonce, reply.token, reply.message[:MAX_MESSAGE_LEN]]])
 
 
 # ---------------------------------------------------------------- payloads
@@ -188,7 +247,7 @@ def decompress_payload(data: bytes, enc: int, limit: int) -> bytes:
     if enc == ENC_RAW:
         return data
     if enc != ENC_ZSTD:
-        raise ProtocolError(f"unknown payload encoding {enc}")
+        raise ProtocolError(f"payload encoding {enc} has no bytes to decompress")
     try:
         size = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
@@ -261,9 +320,23 @@ def _check_id(x: Any) -> bytes:
 
 
 def _check_enc(x: Any) -> int:
-    if x not in (ENC_RAW, ENC_ZSTD) or isinstance(x, bool):
+    if x not in (ENC_RAW, ENC_ZSTD, ENC_SHM) or isinstance(x, bool):
         raise ProtocolError(f"unknown payload encoding {x!r}")
     return int(x)
+
+
+def _check_payload(data: Any, enc: Any, what: str) -> tuple[bytes, int, ShmRef | None]:
+    """A payload field: bytes, or with ``ENC_SHM`` a ``[name, size]`` segment reference."""
+    code = _check_enc(enc)
+    if code != ENC_SHM:
+        if not isinstance(data, bytes):
+            raise ProtocolError(f"{what} must be bytes")
+        return data, code, None
+    if not isinstance(data, list) or len(data) != 2:
+        raise ProtocolError(f"{what} in shared memory must be [segment name, size]")
+    name = _check_str(data[0], "segment name", MAX_SHM_NAME)
+    size = _check_int(data[1], "segment size")
+    return b"", code, ShmRef(name, size)
 
 
 def _check_int(x: Any, what: str) -> int:
@@ -286,15 +359,15 @@ def _decode_task(item: Any) -> TaskRecord:
         raise ProtocolError(f"task params must be a map of at most {MAX_PARAMS} entries")
     if not all(isinstance(k, str) for k in params):
         raise ProtocolError("task parameter names must be strings")
-    if not isinstance(data, bytes):
-        raise ProtocolError("task data must be bytes")
+    payload, code, shm = _check_payload(data, enc, "task data")
     return TaskRecord(
         task_id=_check_id(tid),
         kind=_check_str(kind, "task kind", MAX_KIND_LEN),
         params=params,
-        data=data,
-        enc=_check_enc(enc),
+        data=payload,
+        enc=code,
         budget_ms=_check_int(budget, "task budget"),
+        shm=shm,
     )
 
 
@@ -304,9 +377,10 @@ def _decode_result(item: Any) -> ResultRecord | ErrorRecord:
     tid = _check_id(item[0])
     if item[1] == 1 and not isinstance(item[1], bool) and len(item) == 6:
         _, _, output, enc, ts, sig = item
-        if not isinstance(output, bytes) or not isinstance(sig, bytes) or len(sig) != 64:
-            raise ProtocolError("result output must be bytes and signature 64 bytes")
-        return ResultRecord(tid, output, _check_enc(enc), _check_int(ts, "timestamp"), sig)
+        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
+            raise ProtocolError(f"result signature must be {SIGNATURE_LEN} bytes")
+        payload, code, shm = _check_payload(output, enc, "result output")
+        return ResultRecord(tid, payload, code, _check_int(ts, "timestamp"), sig, shm=shm)
     if item[1] == 0 and not isinstance(item[1], bool) and len(item) == 4:
         return ErrorRecord(
             tid,
@@ -331,11 +405,8 @@ def _decode_batch(items: list[Any]) -> Frame:
     for item in records:
         if isinstance(item, list) and len(item) == 5 and item[1] == 1 and not isinstance(item[1], bool):
             tid, _, output, enc, ts = item
-            if not isinstance(output, bytes):
-                raise ProtocolError("result output must be bytes")
-            out.append(
-                ResultRecord(_check_id(tid), output, _check_enc(enc), _check_int(ts, "timestamp"), b"", n)
-            )
+            payload, code, shm = _check_payload(output, enc, "result output")
+            out.append(ResultRecord(_check_id(tid), payload, code, _check_int(ts, "timestamp"), b"", n, shm))
             n += 1
         else:
             rec = _decode_result(item)
@@ -388,6 +459,32 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
             error=(
                 _check_str(items[0], "error code", 64),
                 _check_str(items[1], "error message", MAX_MESSAGE_LEN),
+            ),
+        )
+    if ftype == "H":
+        if len(items) != 4:
+            raise ProtocolError("hello frame must be [segment name, size, token, min_bytes]")
+        return Frame(
+            "H",
+            hello=ShmHello(
+                _check_str(items[0], "segment name", MAX_SHM_NAME),
+                _check_int(items[1], "segment size"),
+                _check_str(items[2], "token", 64),
+                _check_int(items[3], "min_bytes"),
+            ),
+        )
+    if ftype == "HA":
+        if len(items) != 4 or not isinstance(items[0], bool) or not isinstance(items[1], bytes):
+            raise ProtocolError("hello answer must be [ok, nonce, token, message]")
+        if len(items[1]) > 64:
+            raise ProtocolError("hello nonce is too long")
+        return Frame(
+            "HA",
+            hello_reply=ShmHelloReply(
+                items[0],
+                items[1],
+                _check_str(items[2], "token", 64),
+                _check_str(items[3], "message", MAX_MESSAGE_LEN),
             ),
         )
     raise ProtocolError(f"unknown frame type {ftype!r}")

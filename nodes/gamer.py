@@ -39,6 +39,15 @@ Evidence against caught workers (``Penalise`` with ``Evidence``) is kept
 worker node over ``/p2c2r/evidence/1.0.0`` and published on an optional in-process
 ``EvidenceBus`` that other gamers verify for themselves (``nodes.evidence``).
 
+Workers on the same host get big payloads through shared memory (``nodes.shm``,
+``GamerConfig.shm``, on by default): each new link starts with a hello that proves, on
+the authenticated stream, that the worker reads segments this client creates; from then
+on inputs and outputs of ``shm_min_bytes`` or more travel as segments named in the frames.
+Digests and signatures are checked exactly as for the stream (the output digest is of
+the bytes read back here). Any failure of that path sends the copy again through the
+stream (``p2c2r_shm_fallbacks_total``); a copy's input segment is unlinked whenever the
+copy ends, however it ends.
+
 How peers are found is replaceable: ``connect`` takes multiaddrs (or a ready ``Host``);
 the mesh control plane plugs in through ``add_worker``, ``set_placement`` and
 ``add_completion_hook``.
@@ -78,6 +87,7 @@ from mesh.errors import (
 from mesh.identity import Identity, peer_id_to_str
 from mesh.identity import verify as verify_signature
 from mesh.transport import Host, Stream, write_chunked
+from nodes import shm
 from nodes.evidence import EvidenceBus, send_evidence, verify_in_thread
 from nodes.metrics import NodeMetrics
 from nodes.reputation import Evidence, InvalidEvidenceError, Reputation, ReputationConfig
@@ -92,6 +102,7 @@ from nodes.sdk_cores import (
     TimeoutConfig,
     content_key,
 )
+from nodes.shm import DEFAULT_MIN_BYTES as SHM_MIN_BYTES
 from nodes.verification import (
     Cancel,
     Effect,
@@ -170,6 +181,11 @@ class GamerConfig:
     hedge: bool = True
     hedge_fraction: float = 0.05
     hedge_burst: float = 5.0
+    #: Same-host fast path: payloads of ``shm_min_bytes`` or more go to (and come back
+    #: from) workers proved to share this host through shared-memory segments instead of
+    #: the stream (``nodes.shm``). Off: every payload takes the stream.
+    shm: bool = True
+    shm_min_bytes: int = SHM_MIN_BYTES
 
 
 @dataclass
@@ -198,6 +214,11 @@ class GamerStats:
     hedges_denied: int = 0
     #: Tasks whose hedge answered first.
     hedges_won: int = 0
+    #: Inputs sent and outputs received through shared memory, and payloads that took
+    #: the stream after a shared-memory failure.
+    shm_out: int = 0
+    shm_in: int = 0
+    shm_fallbacks: int = 0
 
 
 #: ``placer(kind, [(worker peer id, tasks in flight), ...]) -> worker peer id or None``
@@ -270,7 +291,8 @@ class TaskHandle:
 class _UserTask:
     handle: TaskHandle
     kind: str
-    payload: bytes
+    #: As it travels on a stream; None until needed when shared memory may carry it.
+    payload: bytes | None
     enc: int
     params_digest: bytes
     input_digest: bytes
@@ -308,12 +330,40 @@ class _Wire:
     link: _WorkerLink
     kind: str
     params: dict[str, Any]
-    payload: bytes
+    payload: bytes | None  # None: not encoded for the stream (yet)
     enc: int
     params_digest: bytes
     input_digest: bytes
     deadline: float
     task_id: bytes | None  # None: a probe
+    data: bytes = b""
+    #: The input goes through shared memory; ``segment`` once created (unlinked when the
+    #: copy ends: ``GamerClient._release``).
+    via_shm: bool = False
+    segment: str | None = None
+
+    def stream_payload(self) -> tuple[bytes, int]:
+        if self.payload is None:
+            self.payload, self.enc = wire.compress_payload(self.data)
+        return self.payload, self.enc
+
+
+@dataclass(frozen=True, slots=True)
+class _Hello:
+    """A shared-memory hello in flight: the segment holding the nonce, and the token the
+    worker's output names must carry."""
+
+    name: str
+    nonce: bytes
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkShm:
+    """Shared memory on a link: the tokens the two sides' segment names carry."""
+
+    in_token: str  # ours (inputs), assigned by the worker
+    out_token: str  # the worker's (outputs), assigned by us
 
 
 @dataclass(eq=False)
@@ -329,6 +379,11 @@ class _WorkerLink:
     alive: bool = True
     #: The multiaddr it was dialled at, for reconnecting (None when added by peer id).
     addr: str | None = None
+    #: Shared memory: tried (once, at the first big payload), the hello in flight, then
+    #: (same host proved) the tokens.
+    shm_tried: bool = False
+    hello: _Hello | None = None
+    shm: _LinkShm | None = None
 
     @property
     def name(self) -> str:
@@ -387,6 +442,8 @@ class GamerClient:
         self._in_flight: dict[str, int] = {}
         #: The mesh control-plane client (``nodes.mesh_client.MeshClient``) when joined by bootstrap.
         self.mesh: Any = None
+        self.shm_metrics = shm.ShmMetrics(self.metrics.registry)
+        self._shm = config.shm and shm.available()
 
     # ------------------------------------------------------------------ set-up
 
@@ -431,6 +488,8 @@ class GamerClient:
             client = cls(
                 host, nursery, config, registry=registry, identity=identity, evidence_bus=evidence_bus
             )
+            if client._shm:
+                shm.sweep()  # what crashed gamers and nodes on this host left behind
             await nursery.start(client._reap_deadlines)
             if config.reputation_file is not None:
                 from nodes.reputation_store import persist_reputation
@@ -449,6 +508,7 @@ class GamerClient:
                 if unsubscribe is not None:
                     unsubscribe()
                 client._fail_all(UnavailableError("the client was closed before the task completed"))
+                client._release_all()
                 nursery.cancel_scope.cancel()
 
     async def add_worker(self, addr: str | None = None, *, peer: bytes | None = None) -> bytes:
@@ -475,6 +535,95 @@ class GamerClient:
 
     def workers(self) -> list[bytes]:
         return [link.peer for link in self._links if link.alive]
+
+    def same_host(self, peer: bytes) -> bool:
+        """Whether payloads to ``peer`` go through shared memory (its hello succeeded)."""
+        link = self._by_peer.get(peer)
+        return link is not None and link.alive and link.shm is not None
+
+    # ------------------------------------------------------------------ shared memory
+
+    def _start_hello(self, link: _WorkerLink) -> None:
+        """Ask the worker to read a nonce from a segment of ours (``nodes.shm``); sent
+        with the first payload big enough to use it, which itself takes the stream."""
+        link.shm_tried = True
+        token, nonce = shm.new_token(), os.urandom(shm.NONCE_LEN)
+        name = shm.segment_name(token)
+        try:
+            shm.write_segment(name, nonce)
+        except shm.ShmUnavailableError as exc:
+            log.info("no shared memory with worker %s: %s", link.name, exc)
+            self.shm_metrics.fallback("create_failed")
+            return
+        link.hello = _Hello(name, nonce, token)
+        self._queue(
+            link, wire.encode_hello(wire.ShmHello(name, shm.NONCE_LEN, token, self.config.shm_min_bytes))
+        )
+
+    def _end_hello(self, link: _WorkerLink, reply: wire.ShmHelloReply | None) -> None:
+        hello, link.hello = link.hello, None
+        if hello is None:
+            return  # unsolicited, or the link is gone
+        shm.unlink(hello.name)
+        if reply is not None and reply.ok and reply.nonce == hello.nonce and shm.valid_token(reply.token):
+            link.shm = _LinkShm(reply.token, hello.token)
+            log.info("worker %s shares this host: big payloads go through shared memory", link.name)
+            return
+        if reply is not None and reply.ok:
+            log.warning("worker %s answered the shared-memory hello with a wrong nonce", link.name)
+        self.shm_metrics.fallback("not_same_host")
+
+    def _segment_for(self, link: _WorkerLink, w: _Wire) -> wire.ShmRef | None:
+        """The input segment of a copy bound for shared memory (created on first use);
+        None when it must take the stream."""
+        if not w.via_shm or link.shm is None:
+            return None
+        if w.segment is None:
+            name = shm.segment_name(link.shm.in_token)
+            try:
+                shm.write_segment(name, w.data)
+            except shm.ShmUnavailableError as exc:
+                log.warning("input through the stream instead: %s", exc)
+                self._shm_fallback(w, "create_failed")
+                return None
+            w.segment = name
+            self.stats.shm_out += 1
+            self.shm_metrics.moved("out")
+        return wire.ShmRef(w.segment, len(w.data))
+
+    def _shm_fallback(self, w: _Wire, reason: str, *, resend: bool = False) -> None:
+        """Send ``w`` through the stream from now on; a failure the worker saw (or caused)
+        also turns shared memory off for its link."""
+        self.stats.shm_fallbacks += 1
+        self.shm_metrics.fallback(reason)
+        self._release(w)
+        w.via_shm = False
+        if reason != "create_failed":
+            w.link.shm = None
+        if resend and w.link.alive and self._wires.get(w.wire_id) is w:
+            self._queue(w.link, w)
+
+    def _release(self, w: _Wire) -> None:
+        if w.segment is not None:
+            shm.unlink(w.segment)
+            w.segment = None
+
+    def _release_all(self) -> None:
+        """Unlink every segment still held (the client is closing)."""
+        for w in list(self._wires.values()):
+            self._release(w)
+        for link in self._links:
+            self._end_hello(link, None)
+
+    def _output_ref_ok(self, link: _WorkerLink, ref: wire.ShmRef) -> bool:
+        """Whether ``ref`` names an output segment this worker may hand us."""
+        if link.shm is None:
+            return False
+        try:
+            shm.check_name(ref.name, link.shm.out_token)
+        except shm.ShmRefusedError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ trust surface
 
@@ -591,8 +740,13 @@ class GamerClient:
         if not budget > 0:
             raise ValueError("deadline must be a positive number of seconds")
         task_id = os.urandom(wire.TASK_ID_LEN)
-        payload, enc = wire.compress_payload(data)
-        framed = len(payload) + len(kind) + len(wire.packed_params(params)) + wire.RECORD_OVERHEAD
+        payload: bytes | None
+        if self._shm and len(data) >= self.config.shm_min_bytes:
+            payload, enc = None, wire.ENC_RAW  # encoded only if a stream carries it
+        else:
+            payload, enc = wire.compress_payload(data)
+        framed = len(data if payload is None else payload) + len(kind) + len(wire.packed_params(params))
+        framed += wire.RECORD_OVERHEAD
         if max(len(data), framed) > self.config.max_frame:
             # A frame over the worker's limit makes it reset the stream, failing every
             # task on it, and the replacement would do the same to the next worker.
@@ -783,6 +937,7 @@ class GamerClient:
             w = self._wires.pop(eff.wire_id, None)
             if w is not None:
                 w.link.pending.pop(eff.wire_id, None)
+                self._release(w)
                 if w.link.alive:
                     self._queue(w.link, wire.encode_cancels([eff.wire_id]))
         elif isinstance(eff, Resolve):
@@ -808,11 +963,15 @@ class GamerClient:
 
     def _send(self, eff: SendTo | Probe) -> None:
         link = self._by_peer.get(eff.worker)
+        via_shm = link is not None and link.alive and self._shm_bound(link, eff.data)
         if isinstance(eff, SendTo):
             ut = self._user_task(eff.task_id)
             if ut is None:
                 return
             ut.last_worker = eff.worker
+            data = ut.data
+            if ut.payload is None and not via_shm:
+                ut.payload, ut.enc = wire.compress_payload(data)  # once, for every stream copy
             payload, enc, pdig, idig = ut.payload, ut.enc, ut.params_digest, ut.input_digest
             if eff.role is Role.REPLACEMENT:
                 self.stats.resubmitted += 1
@@ -820,7 +979,7 @@ class GamerClient:
                 self.stats.duplicates += 1
             task_id: bytes | None = eff.task_id
         else:
-            payload, enc = wire.compress_payload(eff.data)
+            data, payload, enc = eff.data, None, wire.ENC_RAW
             pdig, idig = wire.params_digest(eff.params), wire.digest(eff.data)
             self.stats.probes += 1
             task_id = None
@@ -829,10 +988,21 @@ class GamerClient:
                 eff.wire_id, eff.worker, UnavailableError("worker link is down"), trio.current_time()
             )
             return
-        w = _Wire(eff.wire_id, link, eff.kind, eff.params, payload, enc, pdig, idig, eff.deadline, task_id)
+        w = _Wire(
+            eff.wire_id, link, eff.kind, eff.params, payload, enc, pdig, idig, eff.deadline, task_id, data
+        )
+        w.via_shm = via_shm
         self._wires[eff.wire_id] = w
         link.pending[eff.wire_id] = w
         self._queue(link, w)
+
+    def _shm_bound(self, link: _WorkerLink, data: bytes) -> bool:
+        """Whether ``data`` goes to ``link`` through shared memory (first use: say hello)."""
+        if not self._shm or len(data) < self.config.shm_min_bytes:
+            return False
+        if not link.shm_tried:
+            self._start_hello(link)
+        return link.shm is not None
 
     def _queue(self, link: _WorkerLink, item: _Wire | bytes) -> None:
         if not link.overflow:
@@ -1049,7 +1219,11 @@ class GamerClient:
         log.info("lost worker %s: %s", link.name, why)
         for wid in sorted(link.pending):
             self._wires.pop(wid, None)
+            self._release(link.pending[wid])
         link.pending.clear()
+        self._end_hello(link, None)
+        if link.shm is not None:
+            shm.sweep()  # outputs a crashed worker created and never sent
         # The policy fails this worker's copies and places replacements elsewhere.
         self._core.on_worker_down(link.peer, trio.current_time())
         self._drain()
@@ -1087,17 +1261,21 @@ class GamerClient:
                 if isinstance(item, bytes):
                     parts.append(item)
                 elif item.wire_id in self._wires:  # skip copies cancelled or expired while queued
-                    if batch and size + len(item.payload) > self.config.max_batch_bytes:
+                    budget_ms = max(1, int((item.deadline - now) * 1000))
+                    ref = self._segment_for(link, item)
+                    if ref is not None:
+                        rec = wire.TaskRecord(
+                            item.wire_id, item.kind, item.params, b"", wire.ENC_SHM, budget_ms, ref
+                        )
+                    else:
+                        payload, enc = item.stream_payload()
+                        rec = wire.TaskRecord(item.wire_id, item.kind, item.params, payload, enc, budget_ms)
+                    if batch and size + len(rec.data) > self.config.max_batch_bytes:
                         # Never pile a big task onto a batch: the frame could pass max_frame.
                         await write_chunked(link.stream, wire.encode_tasks(batch))
                         batch, size = [], 0
-                    budget_ms = max(1, int((item.deadline - now) * 1000))
-                    batch.append(
-                        wire.TaskRecord(
-                            item.wire_id, item.kind, item.params, item.payload, item.enc, budget_ms
-                        )
-                    )
-                    size += len(item.payload)
+                    batch.append(rec)
+                    size += len(rec.data)
                 if size >= self.config.max_batch_bytes or len(batch) >= self.config.max_batch_tasks:
                     break
                 try:
@@ -1122,7 +1300,11 @@ class GamerClient:
                     for rec in frame.results:
                         await self._on_result(link, rec, batch)
                     self._drain()
+                elif frame.type == "HA":
+                    self._end_hello(link, frame.hello_reply)
                 elif frame.type == "E" and frame.error is not None:
+                    if link.hello is not None:
+                        self._end_hello(link, None)  # a worker that does not speak "H"
                     log.warning("worker %s reported a protocol error: %s: %s", link.name, *frame.error)
                 else:
                     raise ProtocolError(f"unexpected {frame.type!r} frame from a worker")
@@ -1142,26 +1324,56 @@ class GamerClient:
         self, link: _WorkerLink, rec: wire.ResultRecord | wire.ErrorRecord, batch: _Batch | None = None
     ) -> None:
         w = link.pending.get(rec.task_id)
+        ref = rec.shm if isinstance(rec, wire.ResultRecord) else None
+        ref_ok = ref is not None and self._output_ref_ok(link, ref)
         if w is None:
-            # Late (deadline passed, cancelled, already confirmed) or never ours: drop it.
+            # Late (deadline passed, cancelled, already confirmed) or never ours: drop it,
+            # and its segment (the worker handed it to us).
+            if ref is not None and ref_ok:
+                shm.unlink(ref.name)
             self.stats.late_dropped += 1
             return
         core = self._core
         if isinstance(rec, wire.ErrorRecord):
+            if rec.code in shm.ERROR_CODES and w.via_shm:
+                log.info(
+                    "worker %s could not take shared memory (%s); using the stream", link.name, rec.message
+                )
+                self._shm_fallback(
+                    w, "refused" if rec.code == shm.ShmRefusedError.code else "read_failed", resend=True
+                )
+                return
             self._forget(w)
             err = error_from_wire(rec.code, f"worker {link.name}: {rec.message}")
             core.on_failure(w.wire_id, link.peer, err, trio.current_time())
             return
         try:
-            if len(rec.output) > self.config.offload_hash_bytes:
+            if ref is not None and not ref_ok:
+                raise ProtocolError(f"worker named a segment outside this link's scheme: {ref.name[:80]!r}")
+            if ref is not None and not 0 < ref.size <= self.config.max_frame:
+                shm.unlink(ref.name)
+                raise ProtocolError(f"result segment of {ref.size} bytes, over the maximum frame")
+            size = len(rec.output) if ref is None else ref.size
+            if size > self.config.offload_hash_bytes:
                 output, out_digest = await trio.to_thread.run_sync(self._open_output, rec)
             else:
                 output, out_digest = self._open_output(rec)
+            if ref is not None:
+                self.stats.shm_in += 1
+                self.shm_metrics.moved("in")
             d = receipt_digest(
                 w.wire_id, w.kind, w.params_digest, w.input_digest, out_digest, link.peer, rec.ts_ms
             )
             seal = self._check_receipt(link, rec, d, batch)
+        except shm.ShmUnavailableError as exc:
+            log.warning(
+                "result from worker %s unreadable (%s); asking again through the stream", link.name, exc
+            )
+            self._shm_fallback(w, "read_failed", resend=True)
+            return
         except (VerificationError, ProtocolError) as exc:
+            if ref is not None:
+                link.shm = None  # a worker that breaks the scheme gets the stream only
             self.stats.verification_failures += 1
             self.metrics.verification.labels("bad_signature_or_binding").inc()
             log.warning("rejected a result from worker %s: %s", link.name, exc)
@@ -1201,9 +1413,15 @@ class GamerClient:
     def _forget(self, w: _Wire) -> None:
         self._wires.pop(w.wire_id, None)
         w.link.pending.pop(w.wire_id, None)
+        self._release(w)
 
     def _open_output(self, rec: wire.ResultRecord) -> tuple[bytes, bytes]:
-        output = wire.decompress_payload(rec.output, rec.enc, self.config.max_frame)
+        """The output and the digest of exactly these bytes (read back from shared memory,
+        and that segment unlinked, when the worker put it there)."""
+        if rec.shm is not None:
+            output = shm.read_segment(rec.shm.name, rec.shm.size, remove=True)
+        else:
+            output = wire.decompress_payload(rec.output, rec.enc, self.config.max_frame)
         return output, wire.digest(output)
 
 

@@ -33,6 +33,14 @@ Limits per peer (a stranger must not be able to starve the others):
   otherwise the stream gets an ``E`` frame (``frame_timeout``) and is reset. An idle
   stream *between* frames is fine (gamers keep one open).
 
+Same-host gamers may move big payloads through shared memory (``nodes.shm``): after a
+hello on the stream proves the gamer's segments are readable here, a task may name its
+input segment (read here, checked against this stream's token and the stated size; a
+bad name gets a typed ``shm_refused`` error for that task only) and outputs of the
+gamer's threshold or more go back in segments this worker creates. The worker hashes what
+it read and produced, exactly as for the stream. When the stream ends, the segments
+created or named on it that still exist are unlinked (a gamer that crashed never will).
+
 Evidence against cheating workers arrives on ``/p2c2r/evidence/1.0.0``
 (``nodes.evidence``); it is verified here and kept in ``Worker.reputation``, where a
 coordinator on this node can use it when it picks workers.
@@ -64,6 +72,7 @@ from mesh.errors import (
 )
 from mesh.identity import Identity, peer_id_to_str
 from mesh.transport import Host, Stream, write_chunked
+from nodes import shm
 from nodes.evidence import PROTOCOL_ID as EVIDENCE_PROTOCOL_ID
 from nodes.evidence import EvidenceService
 from nodes.metrics import NodeMetrics
@@ -104,6 +113,9 @@ class WorkerConfig:
     idle_timeout_s: float = 10.0
     #: Peers whose rate buckets are remembered (least recently seen forgotten first).
     max_tracked_peers: int = 10_000
+    #: Accept the same-host shared-memory path (``nodes.shm``) when a gamer proves it
+    #: shares this host; off: every payload travels on the stream.
+    shm: bool = True
 
 
 class FrameTimeoutError(ProtocolError):
@@ -171,6 +183,10 @@ class WorkerStats:
     streams_refused: int = 0
     slow_senders: int = 0
     protocol_errors: int = 0
+    #: Payloads read from / written to shared memory, and segments refused.
+    shm_in: int = 0
+    shm_out: int = 0
+    shm_refused: int = 0
     streams: int = 0
     #: Signatures made: one per lone result, one per batch.
     signatures: int = 0
@@ -234,6 +250,7 @@ class Worker:
         self.evidence = EvidenceService(registry, self.reputation)
         self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._streams_per_peer: dict[bytes, int] = {}
+        self.shm_metrics = shm.ShmMetrics(self.metrics.registry)
 
     @property
     def load(self) -> float:
@@ -242,6 +259,8 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.config.executor == "process":
             self._executor = ProcessPoolExecutor(max_workers=self.config.concurrency)
+        if self.config.shm and shm.available():
+            shm.sweep()  # what crashed nodes and gamers on this host left behind
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -316,18 +335,19 @@ class Worker:
         self.stats.streams += 1
         send, recv = trio.open_memory_channel[_Reply](self.config.max_queued)
         outcome: list[str] = []
+        state = _StreamState()
 
         async def reader() -> None:
             try:
                 async with send:
-                    await self._read_loop(stream, send, nursery, peer)
+                    await self._read_loop(stream, send, nursery, peer, state)
             except ConnectionLostError as exc:
                 outcome.append(f"lost: {exc}")
                 nursery.cancel_scope.cancel()
 
         async def writer() -> None:
             try:
-                await self._write_loop(stream, recv)
+                await self._write_loop(stream, recv, state)
             except ConnectionLostError as exc:
                 outcome.append(f"lost: {exc}")
                 nursery.cancel_scope.cancel()
@@ -340,6 +360,9 @@ class Worker:
             log.exception("stream handler for %s failed", peer)
             await stream.reset()
             return
+        finally:
+            if state.segments is not None:
+                state.segments.close()
         if outcome:
             log.info("stream from %s ended: %s", peer, outcome[0])
             await stream.reset()
@@ -352,6 +375,7 @@ class Worker:
         send: trio.MemorySendChannel[_Reply],
         nursery: trio.Nursery,
         peer: str,
+        state: _StreamState,
     ) -> None:
         c = self.config
         decoder = wire.FrameDecoder(c.max_frame)
@@ -413,11 +437,11 @@ class Worker:
                             )
                             continue
                         self._queued += 1
-                        nursery.start_soon(
-                            self._serve_task, task, stream.remote_peer, send.clone(), trio.current_time()
-                        )
+                        nursery.start_soon(self._serve_task, task, state, send.clone(), trio.current_time())
                 elif frame.type == "C":
                     pass  # cancellation of queued work is best effort; results are dropped by the gamer
+                elif frame.type == "H" and frame.hello is not None:
+                    await send.send(wire.encode_hello_reply(self._hello(frame.hello, state, peer)))
                 else:
                     self.stats.protocol_errors += 1
                     self.metrics.protocol_errors.inc()
@@ -446,19 +470,67 @@ class Worker:
             await trio.sleep(0.05)  # give the writer a moment to get the error out
         raise ConnectionLostError(str(exc))
 
+    def _hello(self, hello: wire.ShmHello, state: _StreamState, peer: str) -> wire.ShmHelloReply:
+        """Answer a gamer's shared-memory hello: read its nonce, or say why not."""
+        if not (self.config.shm and shm.available()):
+            return wire.ShmHelloReply(False, b"", "", "shared memory is off on this worker")
+        try:
+            if not shm.valid_token(hello.token):
+                raise shm.ShmRefusedError("the hello's token is not 16 hex digits")
+            if hello.size != shm.NONCE_LEN:
+                raise shm.ShmRefusedError(f"a hello segment holds {shm.NONCE_LEN} bytes, not {hello.size}")
+            shm.check_name(hello.name, hello.token)
+            nonce = shm.read_segment(hello.name, hello.size)
+        except (shm.ShmRefusedError, shm.ShmUnavailableError) as exc:
+            # The usual case for a gamer on another host: its segment is not here.
+            log.debug("peer %s: no shared memory: %s", peer, exc)
+            return wire.ShmHelloReply(False, b"", "", str(exc))
+        if state.segments is not None:
+            state.segments.close()
+        state.segments = shm.StreamSegments(
+            shm.new_token(), hello.token, max(shm.MIN_BYTES_FLOOR, hello.min_bytes)
+        )
+        log.debug("peer %s: shared memory on (same host)", peer)
+        return wire.ShmHelloReply(True, nonce, state.segments.in_token, "")
+
+    def _read_input(self, task: wire.TaskRecord, state: _StreamState) -> wire.TaskRecord:
+        """The task with its input read from the shared-memory segment it names."""
+        ref = task.shm
+        assert ref is not None
+        segs = state.segments
+        try:
+            if segs is None:
+                raise shm.ShmRefusedError("a task named a segment before a shared-memory hello")
+            shm.check_name(ref.name, segs.in_token)
+            if not 0 < ref.size <= self.config.max_frame:
+                raise shm.ShmRefusedError(
+                    f"segment size {ref.size} is outside 1..{self.config.max_frame} (max frame)"
+                )
+            segs.named_input(ref.name)
+            data = shm.read_segment(ref.name, ref.size)
+        except shm.ShmRefusedError:
+            self.stats.shm_refused += 1
+            self.shm_metrics.fallback("refused")
+            raise
+        self.stats.shm_in += 1
+        self.shm_metrics.moved("in")
+        return replace(task, data=data, enc=wire.ENC_RAW, shm=None)
+
     async def _serve_task(
         self,
         task: wire.TaskRecord,
-        gamer: bytes,
+        state: _StreamState,
         send: trio.MemorySendChannel[_Reply],
         received_at: float,
     ) -> None:
         async with send:
             kind_label = task.kind if task.kind in self.registry else "unknown"
             self.metrics.in_flight.inc()
-            self.metrics.bytes_in.inc(len(task.data))
             try:
-                done = await self._compute(task, received_at)
+                if task.shm is not None:
+                    task = self._read_input(task, state)
+                self.metrics.bytes_in.inc(len(task.data))
+                done = await self._compute(task, received_at, state.segments)
                 reply: wire.ResultRecord | wire.ErrorRecord | _Unsigned = done
                 result = done.record if isinstance(done, _Unsigned) else done
                 if self.behaviour is not None:
@@ -488,10 +560,13 @@ class Worker:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("result for %s dropped: stream closed", task.task_id.hex())
 
-    async def _compute(self, task: wire.TaskRecord, received_at: float) -> wire.ResultRecord | _Unsigned:
+    async def _compute(
+        self, task: wire.TaskRecord, received_at: float, segments: shm.StreamSegments | None = None
+    ) -> wire.ResultRecord | _Unsigned:
         """Run the task; the result comes signed, or unsigned for the writer to sign
         with the rest of its frame (``batch_sign``; never with test hooks installed,
-        which rewrite signed records one at a time)."""
+        which rewrite signed records one at a time). An output bound for shared memory
+        (``segments``) stays raw: the writer puts it in a segment."""
         kind = self.registry.get(task.kind)
         params = kind.validate_params(task.params, len(task.data))
         budget = task.budget_ms / 1000 if task.budget_ms else None
@@ -529,7 +604,10 @@ class Worker:
             self.identity.peer_id_bytes,
             ts_ms,
         )
-        payload, enc = wire.compress_payload(output)
+        if segments is not None and len(output) >= segments.min_bytes:
+            payload, enc = output, wire.ENC_RAW
+        else:
+            payload, enc = wire.compress_payload(output)
         if self.config.batch_sign and self.tamper is None and self.behaviour is None:
             return _Unsigned(wire.ResultRecord(task.task_id, payload, enc, ts_ms, b""), d)
         sig = self.identity.sign(d)
@@ -553,7 +631,9 @@ class Worker:
         )
         return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
 
-    async def _write_loop(self, stream: Stream, recv: trio.MemoryReceiveChannel[_Reply]) -> None:
+    async def _write_loop(
+        self, stream: Stream, recv: trio.MemoryReceiveChannel[_Reply], state: _StreamState
+    ) -> None:
         async with recv:
             async for first in recv:
                 if isinstance(first, bytes):
@@ -573,22 +653,52 @@ class Worker:
                     n = _reply_size(nxt)
                     if size + n > self.config.max_batch_bytes:
                         # Never pile a big result onto a batch: the frame could pass max_frame.
-                        await write_chunked(stream, self._encode_results(batch))
+                        await write_chunked(stream, self._encode_results(batch, state.segments))
                         batch, size = [], 0
                     batch.append(nxt)
                     size += n
-                await write_chunked(stream, self._encode_results(batch))
+                await write_chunked(stream, self._encode_results(batch, state.segments))
                 for f in raw_frames:
                     await write_chunked(stream, f)
 
-    def _encode_results(self, batch: list[wire.ResultRecord | wire.ErrorRecord | _Unsigned]) -> bytes:
-        """One frame for ``batch``, signing what is unsigned: alone, or as one batch."""
+    def _to_segment(self, r: wire.ResultRecord, segments: shm.StreamSegments | None) -> wire.ResultRecord:
+        """``r`` with a big raw output moved into a shared-memory segment, when the stream
+        has shared memory on; unchanged (the stream carries it) on any failure."""
+        if segments is None or r.enc != wire.ENC_RAW or len(r.output) < segments.min_bytes:
+            return r
+        if not segments.output_room(len(r.output)):
+            self.shm_metrics.fallback("full")
+            return r
+        name = shm.segment_name(segments.out_token)
+        try:
+            shm.write_segment(name, r.output)
+        except shm.ShmUnavailableError as exc:
+            log.warning("result through the stream instead: %s", exc)
+            self.shm_metrics.fallback("create_failed")
+            return r
+        segments.handed_out(name, len(r.output))
+        self.stats.shm_out += 1
+        self.shm_metrics.moved("out")
+        return replace(r, output=b"", enc=wire.ENC_SHM, shm=wire.ShmRef(name, len(r.output)))
+
+    def _encode_results(
+        self,
+        batch: list[wire.ResultRecord | wire.ErrorRecord | _Unsigned],
+        segments: shm.StreamSegments | None = None,
+    ) -> bytes:
+        """One frame for ``batch``, signing what is unsigned: alone, or as one batch.
+        Signing covers the output's digest, so moving it to shared memory comes after."""
         unsigned = [r for r in batch if isinstance(r, _Unsigned)]
-        rest = [r for r in batch if not isinstance(r, _Unsigned)]
+        rest = [
+            self._to_segment(r, segments) if isinstance(r, wire.ResultRecord) else r
+            for r in batch
+            if not isinstance(r, _Unsigned)
+        ]
         if len(unsigned) == 1:
             u = unsigned[0]
             self.stats.signatures += 1
-            return wire.encode_results([*rest, replace(u.record, signature=self.identity.sign(u.digest))])
+            signed_one = replace(u.record, signature=self.identity.sign(u.digest))
+            return wire.encode_results([*rest, self._to_segment(signed_one, segments)])
         if not unsigned:
             return wire.encode_results(rest)
         signature, _ = sign_batch(self.identity, [u.digest for u in unsigned])
@@ -598,11 +708,20 @@ class Worker:
         records = [u.record for u in unsigned]
         if self.tamper_batch is not None:
             records = self.tamper_batch(records)
+        records = [self._to_segment(r, segments) for r in records]
         # Records that came signed (test hooks) travel in an "R" frame of their own.
         signed = [r for r in rest if isinstance(r, wire.ResultRecord)]
         errors = [r for r in rest if isinstance(r, wire.ErrorRecord)]
         frame = wire.encode_signed_results([*records, *errors], signature, [u.digest for u in unsigned])
         return frame + wire.encode_results(list(signed)) if signed else frame
+
+
+@dataclass
+class _StreamState:
+    """What a worker knows about one gamer stream: its shared-memory segments, once a
+    hello proved the gamer shares this host."""
+
+    segments: shm.StreamSegments | None = None
 
 
 def _reply_size(r: wire.ResultRecord | wire.ErrorRecord | _Unsigned) -> int:
