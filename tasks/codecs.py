@@ -1,7 +1,10 @@
 """Payload codecs: how frames and arrays travel between peers.
 
 Frames (``H x W x 3`` uint8 RGB) go as JPEG (simplejpeg, 4:2:0), WebP or PNG (Pillow) or
-``raw``; other arrays go as ``raw`` or ``zstd`` behind a small self-describing header.
+``raw``; a JPEG can also be decoded to and encoded from ``Y, Cb, Cr`` planes without the
+colour conversion (``decode_jpeg_planes`` / ``encode_jpeg_planes``), for kernels that work
+on luma and chroma apart; other arrays go as ``raw`` or ``zstd`` behind a small
+self-describing header.
 
 Every decoder here reads bytes from strangers, so each one:
 
@@ -241,6 +244,13 @@ def image_size(data: bytes) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _check_image_size(h: int, w: int, max_pixels: int, max_side: int) -> None:
+    if h < 1 or w < 1:
+        raise ValidationError(f"frame has an empty size {w}x{h}")
+    if h > max_side or w > max_side or h * w > max_pixels:
+        raise LimitExceededError(f"frame of {w}x{h} exceeds the limit of {max_pixels} pixels")
+
+
 def decode_image(
     data: bytes,
     *,
@@ -255,10 +265,7 @@ def decode_image(
     if expect_codec is not None and codec != expect_codec:
         raise ValidationError(f"frame is {codec}, expected {expect_codec}")
     h, w = image_size(data)
-    if h < 1 or w < 1:
-        raise ValidationError(f"frame has an empty size {w}x{h}")
-    if h > max_side or w > max_side or h * w > max_pixels:
-        raise LimitExceededError(f"frame of {w}x{h} exceeds the limit of {max_pixels} pixels")
+    _check_image_size(h, w, max_pixels, max_side)
     if codec == "raw":
         arr = decode_array(data, max_elements=3 * max_pixels)
         return np.asarray(arr, dtype=np.uint8)
@@ -282,6 +289,70 @@ def decode_image(
     if out.shape != (h, w, 3):
         raise ValidationError(f"frame decoded to {out.shape}, header says {(h, w, 3)}")
     return np.ascontiguousarray(out)
+
+
+YCbCrPlanes = tuple[UInt8Image, UInt8Image, UInt8Image]
+
+
+def decode_jpeg_planes(
+    data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_IMAGE_SIDE
+) -> YCbCrPlanes | None:
+    """Decode a colour JPEG straight to full-size ``Y, Cb, Cr`` planes (``H x W`` uint8 each).
+
+    No colour conversion: the decoder stops before YCbCr -> RGB. Subsampled chroma comes
+    back enlarged to ``H x W`` by the decoder's own upsampler (libjpeg's triangle filter,
+    as ``decode_image`` uses before converting), so ``decode_image`` of the same bytes is
+    these planes put through the JFIF YCbCr -> RGB transform. ``None`` when the JPEG is not
+    a 3-component colour image (greyscale, CMYK): decode those with ``decode_image``. Same
+    limits and errors as ``decode_image`` (sizes checked before decoding; ``ValidationError``).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"frame data must be bytes, got {type(data).__name__}")
+    if sniff_image_codec(data) != "jpeg":
+        raise ValidationError("frame is not a JPEG")
+    h, w = image_size(data)
+    _check_image_size(h, w, max_pixels, max_side)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(bytes(data)), formats=["JPEG"]) as img:
+            # Pillow parses the header itself: hold it to the same limits before decoding.
+            if img.size != (w, h):
+                raise ValidationError(f"jpeg header sizes disagree: {img.size} vs {(w, h)}")
+            if img.mode != "RGB" or img.draft("YCbCr", None) is None or img.mode != "YCbCr":
+                return None
+            img.load()
+            planes = tuple(np.asarray(c, dtype=np.uint8) for c in img.split())
+    except ValidationError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ...
+        raise ValidationError(f"jpeg data is malformed: {exc}") from None
+    if len(planes) != 3 or any(p.shape != (h, w) for p in planes):
+        raise ValidationError(f"jpeg planes decoded to {[p.shape for p in planes]}, header says {(h, w)}")
+    return planes[0], planes[1], planes[2]
+
+
+def encode_jpeg_planes(y: UInt8Image, cb: UInt8Image, cr: UInt8Image, quality: int = 90) -> bytes:
+    """Encode ``Y`` (``H x W``) and 4:2:0 ``Cb``/``Cr`` (``ceil(H/2) x ceil(W/2)``) as a JPEG.
+
+    The planar counterpart of ``encode_image(..., "jpeg")``: the same JFIF YCbCr and 4:2:0
+    layout, without the RGB -> YCbCr conversion and chroma downsampling (the caller's).
+    """
+    if not 1 <= quality <= 100:
+        raise ValidationError(f"quality must be in 1..100, got {quality}")
+    planes = [np.asarray(p) for p in (y, cb, cr)]
+    if any(p.dtype != np.uint8 or p.ndim != 2 for p in planes):
+        raise ValidationError(f"planes must be 2-D uint8, got {[(p.dtype, p.shape) for p in planes]}")
+    h, w = planes[0].shape
+    if h < 1 or w < 1:
+        raise ValidationError(f"a frame must not be empty, got {(h, w)}")
+    half = ((h + 1) // 2, (w + 1) // 2)
+    if planes[1].shape != half or planes[2].shape != half:
+        raise ValidationError(f"4:2:0 chroma planes of a {w}x{h} frame must be {half}, got {planes[1].shape}")
+    import simplejpeg
+
+    ys, us, vs = (np.ascontiguousarray(p) for p in planes)
+    return bytes(simplejpeg.encode_jpeg_yuv_planes(ys, us, vs, quality=quality))
 
 
 def psnr(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:

@@ -17,8 +17,10 @@ from tasks.codecs import (
     IMAGE_CODECS,
     decode_array,
     decode_image,
+    decode_jpeg_planes,
     encode_array,
     encode_image,
+    encode_jpeg_planes,
     image_size,
     psnr,
     sniff_image_codec,
@@ -119,6 +121,59 @@ def test_png_with_alpha_is_converted(photo: np.ndarray) -> None:
     assert np.array_equal(decode_image(buf.getvalue()), photo)
 
 
+def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """JFIF YCbCr -> RGB, as the JPEG decoder converts."""
+    yf, u, v = (p.astype(np.float64) for p in (y, cb, cr))
+    u, v = u - 128.0, v - 128.0
+    rgb = np.stack([yf + 1.402 * v, yf - 0.344136 * u - 0.714136 * v, yf + 1.772 * u], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def test_jpeg_planes_are_the_rgb_decode_without_its_colour_conversion(photo: np.ndarray) -> None:
+    data = encode_image(photo, "jpeg", quality=90)
+    planes = decode_jpeg_planes(data)
+    assert planes is not None
+    h, w = photo.shape[:2]
+    assert all(p.shape == (h, w) and p.dtype == np.uint8 for p in planes)
+    rgb = decode_image(data)
+    diff = np.abs(_ycbcr_to_rgb(*planes).astype(int) - rgb.astype(int))
+    assert diff.max() <= 2 and psnr(_ycbcr_to_rgb(*planes), rgb) > 50
+
+
+def test_jpeg_planes_round_trip_and_refusals(photo: np.ndarray) -> None:
+    data = encode_image(photo, "jpeg", quality=95)
+    planes = decode_jpeg_planes(data)
+    assert planes is not None
+    y, cb, cr = planes
+    h, w = y.shape
+    half = ((h + 1) // 2, (w + 1) // 2)
+    sub = [np.ascontiguousarray(p[::2, ::2]) for p in (cb, cr)]
+    assert sub[0].shape == half
+    out = encode_jpeg_planes(y, sub[0], sub[1], quality=95)
+    assert sniff_image_codec(out) == "jpeg" and image_size(out) == (h, w)
+    assert psnr(decode_image(out), decode_image(data)) > 30
+    for bad in (
+        (y, cb, cr),  # chroma not 4:2:0
+        (y.astype(np.uint16), sub[0], sub[1]),
+        (y[None], sub[0], sub[1]),
+        (y[:0], sub[0][:0], sub[1][:0]),
+    ):
+        with pytest.raises(ValidationError):
+            encode_jpeg_planes(*bad)
+    with pytest.raises(ValidationError):
+        encode_jpeg_planes(y, sub[0], sub[1], quality=0)
+    # greyscale JPEG: no chroma planes, the caller decodes it to RGB instead
+    import simplejpeg
+
+    grey = bytes(simplejpeg.encode_jpeg(np.ascontiguousarray(photo[..., :1]), colorspace="GRAY"))
+    assert decode_jpeg_planes(grey) is None
+    assert decode_image(grey).shape == photo.shape
+    with pytest.raises(LimitExceededError):
+        decode_jpeg_planes(data, max_pixels=100)
+    with pytest.raises(ValidationError):
+        decode_jpeg_planes(encode_image(photo, "png"))
+
+
 def test_psnr() -> None:
     a = np.zeros((2, 2, 3), np.uint8)
     assert psnr(a, a) == float("inf")
@@ -132,7 +187,7 @@ _PREFIXES = [b"", b"P2CA\x01\x00\x00\x01", b"P2CA\x01\x01\x07\x02", b"\xff\xd8\x
 @given(st.sampled_from(_PREFIXES), st.binary(max_size=200))
 def test_decoders_raise_only_validation_error(prefix: bytes, tail: bytes) -> None:
     data = prefix + tail
-    for decode in (decode_array, decode_image, image_size):
+    for decode in (decode_array, decode_image, image_size, decode_jpeg_planes):
         try:
             decode(data)
         except ValidationError:
@@ -152,6 +207,12 @@ def test_corrupted_images_raise_only_validation_error(codec: str, where: int, ju
             assert out.dtype == np.uint8 and out.ndim == 3
         except ValidationError:
             pass
+        if codec == "jpeg":
+            try:
+                planes = decode_jpeg_planes(bytes(data[:cut]))
+                assert planes is None or all(p.dtype == np.uint8 and p.ndim == 2 for p in planes)
+            except ValidationError:
+                pass
 
 
 @settings(max_examples=150, deadline=None)
