@@ -3,15 +3,18 @@
 Starts worker nodes as separate processes (``nodes.demo.start_worker``: real py-libp2p
 hosts, Noise, yamux), connects one gamer straight to them, and streams 1280x720 JPEG
 frames of a moving scene to be upscaled (to 2560x1440 at the best level) through
-``gamer.quality(target_fps=...)``. A game cannot wait for a late frame, so the stream is
+the SDK's adaptive quality (``FrameQuality`` with a ``QualityController``, as
+``gamer.quality(target_fps=...)`` builds, here with the demo's ladder ``DEMO_LEVELS`` and
+``RungQuality``). A game cannot wait for a late frame, so the stream is
 paced: one frame is due every ``1/fps`` s and at most ``frames_in_flight`` are out at
 once; a due frame that finds them all busy is *dropped* (the display repeats the last
 one). Each frame's latency budget is ``frames_in_flight / fps`` (the controller's
 ``budget_s``); a frame answered later than that is a *deadline miss*, and the controller
-steps down a level (mode ``quality`` -> ``fast``, scale 2 -> 1.5) when the smoothed latency
-passes 90 % of it, and back up after a run of frames with room to spare. A late frame is
-still shown up to ``LATE_FRAME_S`` (then it times out), so an overloaded machine shows
-late frames rather than none.
+steps down a rung of ``DEMO_LEVELS`` (``quality@2x`` -> ``fast@2x`` -> ``fast@2x`` at output
+JPEG quality 70, then 50) when the smoothed latency passes 90 % of it, and back up after a
+run of frames with room to spare. A late frame is still shown up to ``LATE_FRAME_S`` (then
+it times out), so an overloaded machine shows late frames rather than none. The summary
+reports the CPU time the gamer and the workers spent per delivered frame (``/proc``).
 
 Every frame's signature and binding are checked by the SDK (``VerificationConfig.off()``:
 no duplicates or probes, which would halve a stream's frame rate); one frame in
@@ -25,10 +28,12 @@ loop itself, independent of processes and sockets (tested under trio's MockClock
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +44,18 @@ import trio
 from mesh.errors import ConfigError, P2C2RError, TaskTimeoutError
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import FrameQuality, GamerClient, GamerConfig
-from nodes.sdk_cores import QualityLevel
+from nodes.sdk_cores import QualityController, QualityLevel
 from nodes.verification import VerificationConfig
 
-__all__ = ["SPOT_CHECK_EVERY", "StreamStats", "make_frames", "run_fps_demo", "stream_frames"]
+__all__ = [
+    "DEMO_LEVELS",
+    "SPOT_CHECK_EVERY",
+    "RungQuality",
+    "StreamStats",
+    "make_frames",
+    "run_fps_demo",
+    "stream_frames",
+]
 
 #: One delivered frame in this many is self-checked by the demo as well.
 SPOT_CHECK_EVERY = 30
@@ -55,15 +68,30 @@ BASE_PARAMS: dict[str, Any] = {"codec": "jpeg", "input_codec": "jpeg", "quality"
 #: an overloaded machine then shows late frames rather than none.
 LATE_FRAME_S = 1.0
 MAX_FPS = 240.0
+#: The demo's quality ladder, best first; each rung costs less CPU per frame than the one
+#: above it on CPU workers (``docs/PERFORMANCE.md``, "30 fps demo"). ``fast@2x`` is the
+#: kind's planar JPEG path, the cheapest way to 2560x1440 (``fast@1.5x`` takes the RGB path
+#: and costs the workers more); below it the output JPEG quality drops, which cuts the bytes
+#: each frame costs the workers and the gamer to send and receive (263 -> 185 -> 145 KB).
+DEMO_LEVELS: tuple[QualityLevel, ...] = (
+    QualityLevel("quality", 2.0),
+    QualityLevel("fast", 2.0),
+    QualityLevel("fast", 2.0, quality=70),
+    QualityLevel("fast", 2.0, quality=50),
+)
 MAX_SECONDS = 3600.0
 
 
-def level_name(params: dict[str, Any]) -> str:
-    return f"{params['mode']}@{params['scale']:g}x"
+class RungQuality(FrameQuality):
+    """``FrameQuality`` whose rungs may also set the output quality (``QualityLevel.quality``).
 
+    ``FrameQuality.params`` sends a rung's mode and scale only; this sends
+    ``QualityLevel.params`` (mode, scale and the rung's quality when it sets one), so a rung
+    below ``fast@2x`` can cut the bytes each frame costs to send and receive.
+    """
 
-def _level(lvl: QualityLevel) -> str:
-    return f"{lvl.mode}@{lvl.scale:g}x"
+    def params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.controller.current.params(base)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -178,7 +206,7 @@ async def stream_frames(
             "timeouts": cur.timeouts,
             "dropped": cur.dropped,
             "errors": cur.errors,
-            "level": level_name(quality.params()),
+            "level": ctl.current.name,
             "p50_ms": round(_pct(cur.latencies_ms, 50), 1),
             "p95_ms": round(_pct(cur.latencies_ms, 95), 1),
         }
@@ -200,8 +228,8 @@ async def stream_frames(
             {
                 "t_s": round(trio.current_time() - t0, 3),
                 "frame": i,
-                "from": _level(ctl.levels[before]),
-                "to": _level(ctl.current),
+                "from": ctl.levels[before].name,
+                "to": ctl.current.name,
                 "direction": "down" if ctl.level > before else "up",
                 "smoothed_ms": None if smoothed is None else round(smoothed * 1000, 2),
             }
@@ -220,6 +248,7 @@ async def stream_frames(
     async def one(i: int, nursery: trio.Nursery) -> None:
         nonlocal in_flight, checking
         frame = frames[i % len(frames)]
+        level = ctl.current
         params = quality.params(base)
         t = trio.current_time()
         try:
@@ -238,7 +267,7 @@ async def stream_frames(
             stats.latencies_ms.append(ms)
             cur.delivered += 1
             cur.latencies_ms.append(ms)
-            name = level_name(params)
+            name = level.name
             stats.frames_per_level[name] = stats.frames_per_level.get(name, 0) + 1
             if latency <= ctl.budget_s:
                 stats.on_time += 1
@@ -277,7 +306,7 @@ async def stream_frames(
         outer.cancel_scope.cancel()
     if cur.delivered or cur.dropped or cur.late or cur.timeouts or cur.errors:
         flush(len(stats.per_second) + 1)
-    stats.final_level = level_name(quality.params())
+    stats.final_level = ctl.current.name
     return stats
 
 
@@ -302,16 +331,73 @@ def _self_check(params: dict[str, Any], frame: bytes, out: bytes) -> bool:
     return bool(kind.self_check(kind.validate_params(params, len(frame)), frame, out))
 
 
+def _proc_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from ``/proc`` (Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _CpuMeter:
+    """CPU time the gamer (this process, all its threads) and the workers spend on the stream."""
+
+    def __init__(self, worker_pids: Sequence[int | None]) -> None:
+        self.pids = list(worker_pids)
+        self.gamer0 = time.process_time()
+        self.workers0 = [_proc_cpu_s(p) for p in self.pids]
+
+    def per_frame_ms(self, frames: int) -> dict[str, float | None]:
+        """Milliseconds of CPU per delivered frame: gamer, workers (all together), total."""
+        n = max(1, frames)
+        gamer = (time.process_time() - self.gamer0) * 1000 / n
+        now = [_proc_cpu_s(p) for p in self.pids]
+        spent = [b - a for a, b in zip(self.workers0, now, strict=True) if a is not None and b is not None]
+        workers = sum(spent) * 1000 / n if len(spent) == len(self.pids) else None
+        return {
+            "gamer": round(gamer, 2),
+            "workers": None if workers is None else round(workers, 2),
+            "total": None if workers is None else round(gamer + workers, 2),
+        }
+
+
+@contextlib.contextmanager
+def _worker_threads(workers: int) -> Iterator[None]:
+    """Worker processes started inside get ``OMP_NUM_THREADS`` = their share of the cores.
+
+    ``p2c2r node run`` sizes torch's thread pool for one node per machine (cores per kernel
+    slot); the demo runs ``workers`` nodes on this machine, so each gets ``cores / workers``
+    (one on 2 cores). Two torch pools of 2 threads on 2 shared cores measured 3x slower per
+    frame at ``quality@2x`` than one thread each. A value the user set is kept.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
 async def _warm_up(gamer: GamerClient, frame: bytes, quality: FrameQuality, workers: int) -> None:
     """Load each worker's kernels at every level (first calls import torch, build plans)."""
     levels = quality.controller.levels
-    for lvl in (levels[0], levels[-1]):
-        params = {**BASE_PARAMS, "mode": lvl.mode, "scale": lvl.scale}
+    for lvl in dict.fromkeys(levels):
+        params = lvl.params(BASE_PARAMS)
         await gamer.map("upscale", [frame] * (2 * workers), params, deadline=120.0)
 
 
 async def _fps_demo(
-    fps: float, seconds: float, workers: int, in_flight: int, json_path: str | None
+    fps: float,
+    seconds: float,
+    workers: int,
+    in_flight: int,
+    json_path: str | None,
+    levels: tuple[QualityLevel, ...] = DEMO_LEVELS,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
@@ -346,7 +432,10 @@ async def _fps_demo(
         home = Path(tmp)
         try:
             concurrency = max(1, (os.cpu_count() or 1) // workers)
-            with console.status(f"starting {workers} worker nodes on 127.0.0.1 ..."):
+            with (
+                console.status(f"starting {workers} worker nodes on 127.0.0.1 ..."),
+                _worker_threads(workers),
+            ):
                 frames = make_frames()
 
                 async def start(i: int) -> None:
@@ -363,9 +452,10 @@ async def _fps_demo(
                 async with GamerClient.connect(
                     [w.addr for w in procs], config=GamerConfig(), verification=VerificationConfig.off()
                 ) as gamer:
-                    q = gamer.quality(target_fps=fps, frames_in_flight=in_flight)
+                    q = RungQuality(gamer, QualityController(fps, frames_in_flight=in_flight, levels=levels))
                     with console.status("warming up the workers' kernels ..."):
                         await _warm_up(gamer, frames[0], q, workers)
+                    meter = _CpuMeter([w.proc.pid for w in procs])
                     with Live(render(q), console=console, refresh_per_second=4) as live:
 
                         def on_second(row: dict[str, Any]) -> None:
@@ -381,6 +471,7 @@ async def _fps_demo(
                             spot_check=_self_check,
                             frame_deadline_s=max(2 * q.controller.budget_s, LATE_FRAME_S),
                         )
+                    cpu_ms = meter.per_frame_ms(stats.verified)
                 drains.cancel_scope.cancel()
         finally:
             await stop_workers(procs)
@@ -393,6 +484,7 @@ async def _fps_demo(
         cpu_count=os.cpu_count(),
         loadavg_before=[round(x, 2) for x in load_before],
         loadavg_after=[round(x, 2) for x in os.getloadavg()],
+        cpu_ms_per_frame=cpu_ms,
     )
     console.print(
         f"[bold]{summary['achieved_fps']} fps achieved[/bold] ({summary['on_time_fps']} on time) for a "
@@ -401,6 +493,10 @@ async def _fps_demo(
         f"{summary['mode_changes']} level changes, ended at {summary['final_level']}; "
         f"spot self-checks {summary['spot_checks']['checked']} "
         f"({summary['spot_checks']['failed']} failed); load average {summary['loadavg_before'][0]}"
+    )
+    console.print(
+        f"  CPU per delivered frame: gamer {cpu_ms['gamer']} ms, workers {cpu_ms['workers']} ms "
+        f"(budget at {fps:g} fps on {os.cpu_count()} cores: {1000 * (os.cpu_count() or 1) / fps:.0f} ms)"
     )
     for ch in summary["changes"]:
         console.print(f"  {ch['t_s']:6.2f} s  {ch['from']} -> {ch['to']}  (smoothed {ch['smoothed_ms']} ms)")
@@ -417,6 +513,7 @@ def run_fps_demo(
     workers: int | None = None,
     json_path: str | None = None,
     in_flight: int | None = None,
+    levels: Sequence[QualityLevel] | None = None,
 ) -> int:
     """``p2c2r demo --fps``; exit status 0 when frames were verified and no check failed."""
     if not 0 < fps <= MAX_FPS:
@@ -427,6 +524,6 @@ def run_fps_demo(
     if n < 1:
         raise ConfigError("--workers must be at least 1")
     k = in_flight if in_flight is not None else 2 * n
-    summary = trio.run(_fps_demo, float(fps), float(seconds), n, k, json_path)
+    summary = trio.run(_fps_demo, float(fps), float(seconds), n, k, json_path, tuple(levels or DEMO_LEVELS))
     ok = summary["frames_verified"] > 0 and summary["spot_checks"]["failed"] == 0 and not summary["errors"]
     return 0 if ok else 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 # ---------------------------------------------------------------- result cache
 
@@ -198,8 +199,25 @@ class HedgeBudget:
 
 @dataclass(frozen=True)
 class QualityLevel:
+    """One rung of the quality ladder: upscale ``mode`` and ``scale``, and optionally the
+    output ``quality`` (JPEG/WebP, 1-100) at this rung; ``None`` keeps the caller's."""
+
     mode: str
     scale: float
+    quality: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``fast@2x``, or ``fast@2x q60`` for a rung that sets the output quality."""
+        base = f"{self.mode}@{self.scale:g}x"
+        return base if self.quality is None else f"{base} q{self.quality}"
+
+    def params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``base`` with this rung's ``mode`` and ``scale`` (and ``quality`` when set)."""
+        out = {**(base or {}), "mode": self.mode, "scale": self.scale}
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
 
 
 #: Best first. Each level costs less than the one before it.

@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from mesh.errors import ConfigError, TaskTimeoutError
-from nodes.demo_fps import stream_frames
+from nodes.demo_fps import DEMO_LEVELS, RungQuality, _CpuMeter, _worker_threads, stream_frames
 from nodes.gamer import FrameQuality
-from nodes.sdk_cores import QualityController
+from nodes.sdk_cores import QualityController, QualityLevel
 
 
 class _Handle:
@@ -134,3 +134,81 @@ async def test_a_longer_frame_deadline_shows_late_frames_instead_of_none(
     ).summary()
     assert lenient["timeouts"] == 0 and lenient["frames_verified"] == lenient["late"] > 0
     assert lenient["final_level"] == "fast@1.5x" and lenient["mode_changes"] == 3
+
+
+class RungWorkers(FakeWorkers):
+    """Frame cost by (mode, scale, output quality): cost of the rung the params name."""
+
+    def __init__(self, costs: dict[tuple[str, float, int], float], slots: int = 2) -> None:
+        super().__init__({}, slots)
+        self.rung_costs = costs
+
+    async def submit(self, kind: str, data: bytes, params: dict[str, Any], *, deadline: float) -> _Handle:
+        self.params_seen.append(params)
+        cost = self.rung_costs[(params["mode"], params["scale"], params["quality"])]
+        return _Handle(self.work, cost, deadline)
+
+
+def test_a_rung_names_and_sets_its_output_quality() -> None:
+    assert QualityLevel("fast", 2.0).name == "fast@2x"
+    assert QualityLevel("fast", 1.5, quality=50).name == "fast@1.5x q50"
+    base = {"codec": "jpeg", "quality": 85}
+    assert QualityLevel("fast", 2.0).params(base) == {**base, "mode": "fast", "scale": 2.0}
+    assert QualityLevel("fast", 2.0, 70).params(base) == {
+        "codec": "jpeg",
+        "quality": 70,
+        "mode": "fast",
+        "scale": 2.0,
+    }
+    assert base == {"codec": "jpeg", "quality": 85}
+    # the demo's ladder: distinct rungs, the best first, all at 2560x1440 from 720p
+    assert len(set(DEMO_LEVELS)) == len(DEMO_LEVELS) and DEMO_LEVELS[0] == QualityLevel("quality", 2.0)
+    assert all(lvl.scale == 2.0 for lvl in DEMO_LEVELS)
+
+
+async def test_the_demo_ladder_steps_down_to_a_lower_output_quality_when_fast_2x_misses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # fast@2x at q85 takes 80 ms a frame on each of 2 slots: 25 fps, misses; q70 fits.
+    costs = {
+        ("quality", 2.0, 85): 0.30,
+        ("fast", 2.0, 85): 0.08,
+        ("fast", 2.0, 70): 0.05,
+        ("fast", 2.0, 50): 0.04,
+    }
+    client = RungWorkers(costs)
+    q = RungQuality(client, QualityController(30.0, frames_in_flight=4, levels=DEMO_LEVELS))  # type: ignore[arg-type]
+    s = (await stream_frames(q, [b"a"], seconds=10, base_params={"codec": "jpeg", "quality": 85})).summary()
+    assert [c["to"] for c in s["changes"][:2]] == ["fast@2x", "fast@2x q70"]
+    assert s["final_level"] == "fast@2x q70"
+    assert s["frames_per_level"]["fast@2x q70"] > 200
+    assert {p["quality"] for p in client.params_seen} >= {85, 70}
+    # it holds the rate there; a probe of fast@2x every 90 frames costs a frame or three
+    late = s["per_second"][3:10]
+    assert sum(r["fps"] for r in late) >= 28 * len(late)
+    assert all(r["fps"] >= 26 for r in late), late
+
+
+def test_cpu_meter_reads_this_process_and_the_workers() -> None:
+    import os
+
+    meter = _CpuMeter([os.getpid(), None])
+    sum(i * i for i in range(200_000))
+    ms = meter.per_frame_ms(10)
+    assert ms["gamer"] is not None and ms["gamer"] >= 0
+    assert ms["workers"] is None and ms["total"] is None  # one pid unreadable: no partial sum
+    ms = _CpuMeter([os.getpid()]).per_frame_ms(0)
+    assert ms["workers"] is not None and ms["workers"] >= 0
+
+
+def test_worker_threads_share_the_cores_and_keep_a_user_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with _worker_threads(2):
+        assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with _worker_threads(2):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
