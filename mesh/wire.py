@@ -18,7 +18,8 @@ A frame is a 4-byte big-endian body length followed by a msgpack body::
 - ``"C"`` cancel:  items = [task_id, ...]
 - ``"E"`` error:   items = [error_code, message]   (a frame-level error: the frame the peer
   sent could not be decoded, so no task id can be named)
-- ``"H"`` shared-memory hello (gamer to worker): items = [segment name, size, token, min_bytes]
+- ``"H"`` shared-memory hello (gamer to worker): items = [segment name, size, token, min_bytes];
+  an empty name (``SHM_OFF``) turns the path off for the stream, both ways
 - ``"HA"`` its answer (worker to gamer): items = [ok, nonce, token, message]
 
 A payload (task ``data`` or result ``output``) with ``enc`` 2 (``ENC_SHM``) is not bytes but
@@ -98,6 +99,10 @@ class ShmHello:
     size: int
     token: str
     min_bytes: int
+
+
+#: The hello that turns shared memory off for a stream (after a failure on it).
+SHM_OFF = ShmHello("", 0, "", 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,6 +341,8 @@ class _Wire:
     #: copy ends: ``GamerClient._release``).
     via_shm: bool = False
     segment: str | None = None
+    #: Sent again on the stream after a shared-memory failure (only ever once).
+    resent: bool = False
 
     def stream_payload(self) -> tuple[bytes, int]:
         if self.payload is None:
@@ -384,6 +386,9 @@ class _WorkerLink:
     shm_tried: bool = False
     hello: _Hello | None = None
     shm: _LinkShm | None = None
+    #: Turned off after a failure: payloads take the stream both ways (the tokens stay,
+    #: to read and unlink outputs already on their way).
+    shm_off: bool = False
 
     @property
     def name(self) -> str:
@@ -539,7 +544,7 @@ class GamerClient:
     def same_host(self, peer: bytes) -> bool:
         """Whether payloads to ``peer`` go through shared memory (its hello succeeded)."""
         link = self._by_peer.get(peer)
-        return link is not None and link.alive and link.shm is not None
+        return link is not None and link.alive and link.shm is not None and not link.shm_off
 
     # ------------------------------------------------------------------ shared memory
 
@@ -576,7 +581,7 @@ class GamerClient:
     def _segment_for(self, link: _WorkerLink, w: _Wire) -> wire.ShmRef | None:
         """The input segment of a copy bound for shared memory (created on first use);
         None when it must take the stream."""
-        if not w.via_shm or link.shm is None:
+        if not w.via_shm or link.shm is None or link.shm_off:
             return None
         if w.segment is None:
             name = shm.segment_name(link.shm.in_token)
@@ -593,15 +598,25 @@ class GamerClient:
 
     def _shm_fallback(self, w: _Wire, reason: str, *, resend: bool = False) -> None:
         """Send ``w`` through the stream from now on; a failure the worker saw (or caused)
-        also turns shared memory off for its link."""
+        also turns shared memory off for its link, both ways."""
         self.stats.shm_fallbacks += 1
         self.shm_metrics.fallback(reason)
         self._release(w)
         w.via_shm = False
         if reason != "create_failed":
-            w.link.shm = None
+            self._shm_off(w.link)
         if resend and w.link.alive and self._wires.get(w.wire_id) is w:
+            w.resent = True
             self._queue(w.link, w)
+
+    def _shm_off(self, link: _WorkerLink) -> None:
+        """Payloads to and from ``link`` take the stream from now on; the worker is told
+        before any task queued after this (an ``"H"`` with no segment)."""
+        if link.shm is None or link.shm_off:
+            return
+        link.shm_off = True
+        if link.alive:
+            self._queue(link, wire.encode_hello(wire.SHM_OFF))
 
     def _release(self, w: _Wire) -> None:
         if w.segment is not None:
@@ -1002,7 +1017,7 @@ class GamerClient:
             return False
         if not link.shm_tried:
             self._start_hello(link)
-        return link.shm is not None
+        return link.shm is not None and not link.shm_off
 
     def _queue(self, link: _WorkerLink, item: _Wire | bytes) -> None:
         if not link.overflow:
@@ -1252,14 +1267,18 @@ class GamerClient:
 
     async def _write_link(self, link: _WorkerLink) -> None:
         async for first in link.recv:
-            parts: list[bytes] = []
             batch: list[wire.TaskRecord] = []
             size = 0
             item: _Wire | bytes = first
             now = trio.current_time()
             while True:
                 if isinstance(item, bytes):
-                    parts.append(item)
+                    # In queue order: a shared-memory hello must reach the worker before
+                    # the tasks queued after it.
+                    if batch:
+                        await write_chunked(link.stream, wire.encode_tasks(batch))
+                        batch, size = [], 0
+                    await write_chunked(link.stream, item)
                 elif item.wire_id in self._wires:  # skip copies cancelled or expired while queued
                     budget_ms = max(1, int((item.deadline - now) * 1000))
                     ref = self._segment_for(link, item)
@@ -1284,8 +1303,6 @@ class GamerClient:
                     break
             if batch:
                 await write_chunked(link.stream, wire.encode_tasks(batch))
-            for p in parts:
-                await write_chunked(link.stream, p)
 
     async def _read_link(self, link: _WorkerLink) -> None:
         decoder = wire.FrameDecoder(self.config.max_frame)
@@ -1335,7 +1352,7 @@ class GamerClient:
             return
         core = self._core
         if isinstance(rec, wire.ErrorRecord):
-            if rec.code in shm.ERROR_CODES and w.via_shm:
+            if rec.code in shm.ERROR_CODES and w.via_shm and not w.resent:
                 log.info(
                     "worker %s could not take shared memory (%s); using the stream", link.name, rec.message
                 )
@@ -1366,14 +1383,19 @@ class GamerClient:
             )
             seal = self._check_receipt(link, rec, d, batch)
         except shm.ShmUnavailableError as exc:
-            log.warning(
-                "result from worker %s unreadable (%s); asking again through the stream", link.name, exc
-            )
-            self._shm_fallback(w, "read_failed", resend=True)
+            if not w.resent and self._wires.get(w.wire_id) is w:
+                log.warning(
+                    "result from worker %s unreadable (%s); asking again on the stream", link.name, exc
+                )
+                self._shm_fallback(w, "read_failed", resend=True)
+                return
+            if self._wires.get(w.wire_id) is w:
+                self._forget(w)
+                core.on_failure(w.wire_id, link.peer, exc, trio.current_time())
             return
         except (VerificationError, ProtocolError) as exc:
             if ref is not None:
-                link.shm = None  # a worker that breaks the scheme gets the stream only
+                self._shm_off(link)  # a worker that breaks the scheme gets the stream only
             self.stats.verification_failures += 1
             self.metrics.verification.labels("bad_signature_or_binding").inc()
             log.warning("rejected a result from worker %s: %s", link.name, exc)

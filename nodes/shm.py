@@ -257,8 +257,10 @@ class StreamSegments:
     in_token: str
     #: What our output names must carry (assigned by the gamer).
     out_token: str
-    #: Outputs at least this large go through shared memory.
+    #: Outputs at least this large go through shared memory ...
     min_bytes: int
+    #: ... unless the gamer turned the path off for this stream.
+    outputs_on: bool = True
     #: Outputs handed to the gamer and not yet seen gone: name -> size.
     outputs: OrderedDict[str, int] = field(default_factory=OrderedDict)
     #: Inputs named on this stream, not yet seen gone (the gamer unlinks them).

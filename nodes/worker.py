@@ -201,7 +201,9 @@ def _execute(
     """Decode, compute and hash one task: returns (input digest, output digest, output)."""
     raw = wire.decompress_payload(data, enc, max_frame)
     output = kind.execute(params, raw)
-    return wire.digest(raw), wire.digest(output), output
+    in_digest = wire.digest(raw)
+    # A kernel that hands its input back (echo) gives the very same bytes: one hash, not two.
+    return in_digest, in_digest if output is raw else wire.digest(output), output
 
 
 _kind_cache: dict[str, TaskKind] = {}
@@ -472,6 +474,10 @@ class Worker:
 
     def _hello(self, hello: wire.ShmHello, state: _StreamState, peer: str) -> wire.ShmHelloReply:
         """Answer a gamer's shared-memory hello: read its nonce, or say why not."""
+        if hello == wire.SHM_OFF:
+            if state.segments is not None:
+                state.segments.outputs_on = False  # what was handed out is still unlinked at the end
+            return wire.ShmHelloReply(False, b"", "", "shared memory off for this stream, as asked")
         if not (self.config.shm and shm.available()):
             return wire.ShmHelloReply(False, b"", "", "shared memory is off on this worker")
         try:
@@ -604,7 +610,7 @@ class Worker:
             self.identity.peer_id_bytes,
             ts_ms,
         )
-        if segments is not None and len(output) >= segments.min_bytes:
+        if segments is not None and segments.outputs_on and len(output) >= segments.min_bytes:
             payload, enc = output, wire.ENC_RAW
         else:
             payload, enc = wire.compress_payload(output)
@@ -664,7 +670,12 @@ class Worker:
     def _to_segment(self, r: wire.ResultRecord, segments: shm.StreamSegments | None) -> wire.ResultRecord:
         """``r`` with a big raw output moved into a shared-memory segment, when the stream
         has shared memory on; unchanged (the stream carries it) on any failure."""
-        if segments is None or r.enc != wire.ENC_RAW or len(r.output) < segments.min_bytes:
+        if (
+            segments is None
+            or not segments.outputs_on
+            or r.enc != wire.ENC_RAW
+            or len(r.output) < segments.min_bytes
+        ):
             return r
         if not segments.output_room(len(r.output)):
             self.shm_metrics.fallback("full")

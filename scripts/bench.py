@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """P2C2R beside Ray and Dask: the same workloads on the same machine, in one run.
 
-    python scripts/bench.py [--json PATH] [--quick] [--only p2c2r,ray,dask]
+    python scripts/bench.py [--json PATH] [--quick] [--only p2c2r,ray,dask] [--workloads mib,...]
 
 Ray and Dask come from the optional ``bench`` extra (``pip install -e '.[bench]'``); a
 system that is not installed is reported as skipped. Workloads:
 
 - ``seq``: sequential tiny-task round trip, p50/p99 (ms);
 - ``tiny``: 10,000 tiny tasks, tasks/s (P2C2R: pipelined, frames batched);
-- ``mib``: 1 MiB in and 1 MiB out per task, MB/s each way;
+- ``mib``: 1 MiB in and 1 MiB out per task, MB/s each way, one task at a time. P2C2R
+  also measures its same-host shared-memory path on and off on the same workers, with the
+  verification policy off (each task travels once; signatures and digests still checked),
+  one and four tasks in flight: ``mib_shm_{on,off}_mb_per_s``, ``mib4_shm_{on,off}_mb_per_s``;
 - ``upscale``: 720p->1440p frames as JPEG in and out (the same kernel everywhere), frames/s;
 - ``startup``: seconds from launch to ready, and resident memory of the whole system (MiB).
 
@@ -80,11 +83,36 @@ def noop(x: bytes) -> bytes:
 # ---------------------------------------------------------------- P2C2R
 
 
-def bench_p2c2r(quick: bool) -> dict[str, Any]:
+WORKLOADS = ("seq", "tiny", "mib", "upscale")
+
+
+async def p2c2r_mib(g: Any, n: int, in_flight: int = 1) -> float:
+    """MB/s each way of 1 MiB echo tasks (distinct inputs), ``in_flight`` at a time."""
+    import trio
+
+    payload = os.urandom(2**20)
+    await g.run("echo", payload, deadline=60)  # warm-up; also the first big payload: the shm hello
+    await g.run("echo", payload[::-1], deadline=60)
+    todo = iter(range(n))
+
+    async def lane() -> None:
+        for i in todo:  # shared: each lane takes the next task when its last one is back
+            out = await g.run("echo", payload[:-8] + i.to_bytes(8, "big"), deadline=60)
+            assert len(out) == len(payload)
+
+    t = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(in_flight):
+            nursery.start_soon(lane)
+    return round(n * 2**20 / (time.perf_counter() - t) / 1e6, 1)
+
+
+def bench_p2c2r(quick: bool, workloads: tuple[str, ...] = WORKLOADS) -> dict[str, Any]:
     import trio
 
     from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
     from nodes.gamer import GamerClient, GamerConfig
+    from nodes.verification import VerificationConfig
 
     n_seq, n_tiny, n_mib, n_up = (300, 3000, 20, 20) if quick else (2000, 10000, 100, 60)
     params, frame = upscale_input()
@@ -111,32 +139,39 @@ def bench_p2c2r(quick: bool) -> dict[str, Any]:
                     # The result cache off: the same frames are sent again, and Ray and
                     # Dask compute them again (bench_tasks.py measures the cache).
                     async with GamerClient.connect(addrs, config=GamerConfig(cache_entries=0)) as g:
-                        for _ in range(100):
-                            await g.run("echo", b"x")
-                        lat = []
-                        for i in range(n_seq):
+                        if "seq" in workloads:
+                            for _ in range(100):
+                                await g.run("echo", b"x")
+                            lat = []
+                            for i in range(n_seq):
+                                t = time.perf_counter()
+                                await g.run("echo", i.to_bytes(8, "big"))
+                                lat.append((time.perf_counter() - t) * 1000)
+                            res["seq_p50_ms"], res["seq_p99_ms"] = pct(lat, 50), pct(lat, 99)
+                        if "tiny" in workloads:
                             t = time.perf_counter()
-                            await g.run("echo", i.to_bytes(8, "big"))
-                            lat.append((time.perf_counter() - t) * 1000)
-                        res["seq_p50_ms"], res["seq_p99_ms"] = pct(lat, 50), pct(lat, 99)
-                        t = time.perf_counter()
-                        handles = await g.submit_many(
-                            [("echo", i.to_bytes(8, "big"), None) for i in range(n_tiny)]
-                        )
-                        for h in handles:
-                            await h.result()
-                        res["tiny_tasks_per_s"] = round(n_tiny / (time.perf_counter() - t), 1)
-                        payload = os.urandom(2**20)
-                        await g.run("echo", payload)
-                        t = time.perf_counter()
-                        for i in range(n_mib):
-                            await g.run("echo", payload[:-8] + i.to_bytes(8, "big"))
-                        res["mib_mb_per_s"] = round(n_mib * 2**20 / (time.perf_counter() - t) / 1e6, 1)
-                        await g.map("upscale", [frame] * 4, params, deadline=60)
-                        t = time.perf_counter()
-                        await g.map("upscale", [frame] * n_up, params, deadline=120)
-                        res["upscale_frames_per_s"] = round(n_up / (time.perf_counter() - t), 2)
+                            handles = await g.submit_many(
+                                [("echo", i.to_bytes(8, "big"), None) for i in range(n_tiny)]
+                            )
+                            for h in handles:
+                                await h.result()
+                            res["tiny_tasks_per_s"] = round(n_tiny / (time.perf_counter() - t), 1)
+                        if "mib" in workloads:
+                            res["mib_mb_per_s"] = await p2c2r_mib(g, n_mib)
+                        if "upscale" in workloads:
+                            await g.map("upscale", [frame] * 4, params, deadline=60)
+                            t = time.perf_counter()
+                            await g.map("upscale", [frame] * n_up, params, deadline=120)
+                            res["upscale_frames_per_s"] = round(n_up / (time.perf_counter() - t), 2)
                         res["rss_loaded_mib"] = rss_mib([p.proc.pid for p in procs] + [os.getpid()])
+                    for shm in ("on", "off") if "mib" in workloads else ():
+                        conf = GamerConfig(
+                            cache_entries=0, shm=shm == "on", verification=VerificationConfig.off()
+                        )
+                        async with GamerClient.connect(addrs, config=conf) as g:
+                            res[f"mib_shm_{shm}_mb_per_s"] = await p2c2r_mib(g, n_mib)
+                            res[f"mib4_shm_{shm}_mb_per_s"] = await p2c2r_mib(g, n_mib, 4)
+                            res[f"mib_shm_{shm}_payloads"] = g.stats.shm_out + g.stats.shm_in
                     drains.cancel_scope.cancel()
             finally:
                 await stop_workers(procs)
@@ -239,6 +274,10 @@ FIGURES = [
     ("seq_p99_ms", "tiny task p99 ms", "lower"),
     ("tiny_tasks_per_s", "tiny tasks/s", "higher"),
     ("mib_mb_per_s", "1 MiB tasks MB/s", "higher"),
+    ("mib_shm_on_mb_per_s", "1 MiB MB/s, policy off, shm on", "higher"),
+    ("mib_shm_off_mb_per_s", "1 MiB MB/s, policy off, shm off", "higher"),
+    ("mib4_shm_on_mb_per_s", "1 MiB MB/s, 4 in flight, policy off, shm on", "higher"),
+    ("mib4_shm_off_mb_per_s", "1 MiB MB/s, 4 in flight, policy off, shm off", "higher"),
     ("upscale_frames_per_s", "720p->1440p frames/s", "higher"),
     ("startup_s", "start-up s", "lower"),
     ("rss_idle_mib", "idle RSS MiB", "lower"),
@@ -251,6 +290,11 @@ def main() -> int:
     ap.add_argument("--json", help="write all figures here")
     ap.add_argument("--quick", action="store_true", help="reduced counts (under two minutes)")
     ap.add_argument("--only", default="p2c2r,ray,dask", help="comma-separated systems to run")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="P2C2R only: comma-separated workloads to run (seq, tiny, mib, upscale)",
+    )
     args = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -260,7 +304,10 @@ def main() -> int:
     for name in args.only.split(","):
         try:
             console.print(f"[bold]{name}[/bold] ...")
-            results[name] = SYSTEMS[name](args.quick)
+            if name == "p2c2r":
+                results[name] = bench_p2c2r(args.quick, tuple(args.workloads.split(",")))
+            else:
+                results[name] = SYSTEMS[name](args.quick)
         except ImportError as exc:
             results[name] = {"skipped": f"not installed ({exc.name}); pip install -e '.[bench]'"}
         console.print(f"  {results[name]}")
