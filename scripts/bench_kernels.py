@@ -8,7 +8,9 @@ runs on a CPU-only node (``default``: the module's ``CPU_BACKEND``; upscale's
 and the median of the whole ``execute`` (decode + compute + encode). ``upscale`` also times
 Pillow's resize (bilinear, Lanczos) on the same frame; ``pathfind`` (pure-Python A*, no
 torch path) is timed against a vectorised numpy wavefront (Bellman-Ford sweeps over the
-whole grid, all pairs at once) that shows why A* stays. Prints a table, optionally JSON.
+whole grid, all pairs at once) that shows why A* stays; ``upscale`` adds a ``fast-planar`` row
+per size (the fast 2x JPEG -> JPEG path ``execute`` takes, against the RGB path). Prints a
+table, optionally JSON (``--only KIND --json FILE`` replaces that kind's rows in FILE).
 
     python scripts/bench_kernels.py [--json PATH] [--quick] [--repeat N] [--only KIND]
 """
@@ -253,8 +255,72 @@ def bench(quick: bool, repeat: int, only: str | None = None) -> list[dict[str, A
                         **extra,
                     }
                 )
+            if kind.name == "upscale":
+                rows.append(_planar_row(base, params, data, reps))
             print(f"  done {kind.name} {size}", file=sys.stderr, flush=True)
     return rows
+
+
+def _planar_row(base: dict[str, Any], params: dict[str, Any], data: bytes, reps: int) -> dict[str, Any]:
+    """``fast`` 2x JPEG -> JPEG: the planar path (what ``execute`` runs) against the RGB path.
+
+    ``default_ms`` is the planar compute core (luma ``bilinear_2x`` and the two chroma
+    planes on decoded planes), ``execute_ms`` the whole planar ``execute`` (decode, compute,
+    encode), ``rgb_execute_ms`` the same parameters through the RGB path (decode to RGB,
+    torch resample, encode). Agreement: decoded planar output against decoded RGB output.
+    """
+    from tasks.codecs import decode_jpeg_planes, psnr
+    from tasks.kernels import upscale
+    from tasks.registry import default_registry
+
+    kind = default_registry().get("upscale")
+    fast = kind.validate_params({**params, "mode": "fast", "scale": 2.0, "codec": "jpeg"}, len(data))
+    planes = decode_jpeg_planes(data)
+    assert planes is not None, "the upscale example is a colour JPEG"
+    y, cb, cr = planes
+
+    def core() -> object:
+        return (
+            upscale.bilinear_2x(y),
+            upscale.subsampled_bilinear_2x(cb),
+            upscale.subsampled_bilinear_2x(cr),
+        )
+
+    core_ms = _median_ms(core, reps)
+    planar_ms = _median_ms(lambda: upscale.run(fast, data), reps)
+    rgb_ms = _median_ms(lambda: upscale.run(fast, data, planar=False), reps)
+    agree = psnr(decode_image(upscale.run(fast, data)), decode_image(upscale.run(fast, data, planar=False)))
+    units, _ = _work("upscale", fast, data)
+    return {
+        **base,
+        "cost_units": round(kind.cost(fast, len(data)), 1),
+        "variant": "fast-planar",
+        "numpy_ms": round(core_ms, 2),
+        "torch_ms": None,
+        "faster": "numpy",
+        "agreement": f"PSNR {agree:.1f} dB vs RGB path",
+        "default": "numpy (planar)",
+        "default_ms": round(core_ms, 2),
+        "execute_ms": round(planar_ms, 2),
+        "rgb_execute_ms": round(rgb_ms, 2),
+        "throughput": round(units / (planar_ms / 1000), 3),
+    }
+
+
+def _merge_rows(path: Path, rows: list[dict[str, Any]], only: str) -> list[dict[str, Any]]:
+    """``--only KIND`` into an existing ``--json`` file: that kind's rows replaced, others kept."""
+    try:
+        old = json.loads(path.read_text()).get("results", [])
+    except (OSError, ValueError):
+        return rows
+    merged: list[dict[str, Any]] = []
+    for r in old:
+        if r.get("kind") != only:
+            merged.append(r)
+        elif rows:  # the new rows go where the kind's old rows were
+            merged.extend(rows)
+            rows = []
+    return merged + rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("--quick", action="store_true", help="small and medium sizes only")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per case (median)")
-    ap.add_argument("--only", help="one kind only")
+    ap.add_argument(
+        "--only",
+        help="one kind only (with --json on an existing file: that kind's rows replaced, others kept)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -327,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "note": "numpy_ms/torch_ms: compute core only, torch on CPU; default: what a CPU-only node runs",
         }
+        if args.only and args.json.is_file():
+            previous = json.loads(args.json.read_text()).get("meta", {})
+            meta = {**previous, f"{args.only}_rerun": meta}
+            rows = _merge_rows(args.json, rows, args.only)
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     return 0
 
