@@ -93,7 +93,7 @@ def _node_config(args: argparse.Namespace) -> Any:
     node_t = conf.get("node", {})
     worker_t = conf.get("worker", {})
     known_node = {"listen", "key_file", "peers", "bootstrap", "region", "voters", "mdns"}
-    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup", "batch_sign"}
+    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup", "batch_sign", "shm"}
     for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
         extra = sorted(set(table) - known)
         if extra:
@@ -117,10 +117,13 @@ def _node_config(args: argparse.Namespace) -> Any:
         wc = replace(wc, warmup=True)
     if "max_queued" in worker_t:
         wc = replace(wc, max_queued=int(worker_t["max_queued"]))
-    if "batch_sign" in worker_t:
-        if not isinstance(worker_t["batch_sign"], bool):
-            raise ConfigError("[worker] batch_sign must be true or false")
-        wc = replace(wc, batch_sign=worker_t["batch_sign"])
+    for flag in ("batch_sign", "shm"):
+        if flag in worker_t:
+            if not isinstance(worker_t[flag], bool):
+                raise ConfigError(f"[worker] {flag} must be true or false")
+            wc = replace(wc, **{flag: worker_t[flag]})
+    if args.no_shm:
+        wc = replace(wc, shm=False)
     max_frame_mib = args.max_frame_mib or worker_t.get("max_frame_mib")
     if max_frame_mib:
         wc = replace(wc, max_frame=int(float(max_frame_mib) * 1024 * 1024))
@@ -471,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics on 127.0.0.1:PORT (default 0: any free port; -1: off)",
     )
     s.add_argument("--warmup", action="store_true", help="run each kernel once at start (loads torch models)")
+    s.add_argument(
+        "--no-shm",
+        action="store_true",
+        help="refuse the same-host shared-memory path (TOML [worker] shm = false); payloads take the stream",
+    )
     # Test-only: make this worker cheat (nodes.misbehave); hidden from --help on purpose.
     s.add_argument("--misbehave", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_node_run)

@@ -204,3 +204,24 @@ def test_malformed_references_are_protocol_errors(payload: object) -> None:
 def test_shared_memory_payloads_have_no_bytes_to_decompress() -> None:
     with pytest.raises(ProtocolError, match="no bytes"):
         wire.decompress_payload(b"", wire.ENC_SHM, 10)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_the_worker_option_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    from mesh.errors import ConfigError
+    from nodes.cli import _node_config, build_parser
+
+    def worker_shm(*argv: str) -> bool:
+        args = build_parser().parse_args(["node", "run", "--key-file", str(tmp_path / "k"), *argv])
+        return bool(_node_config(args).worker.shm)
+
+    assert worker_shm() is True
+    assert worker_shm("--no-shm") is False
+    conf = tmp_path / "node.toml"
+    conf.write_text("[worker]\nshm = false\n")
+    assert worker_shm("--config", str(conf)) is False
+    conf.write_text('[worker]\nshm = "no"\n')
+    with pytest.raises(ConfigError, match="shm must be true or false"):
+        worker_shm("--config", str(conf))
