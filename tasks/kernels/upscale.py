@@ -382,7 +382,37 @@ def _equivalent(params: Params, a: bytes, b: bytes) -> bool:
     return fa.shape == fb.shape and psnr(fa, fb) >= EQUIVALENCE_PSNR_DB
 
 
+def _box_shrink(out: Frame, k: int) -> Frame:
+    """Mean of each ``k x k`` block (rounded half up), by row band: a whole-number shrink."""
+    oh, ow, c = out.shape
+    h, w = oh // k, ow // k
+    res = np.empty((h, w, c), np.uint8)
+    rows = min(h, 32)
+    for r0 in range(0, h, rows):
+        n = min(rows, h - r0)
+        band = out[r0 * k : (r0 + n) * k].reshape(n, k, w, k, c)
+        s = band[:, 0].astype(np.uint16)  # k * k * 255 fits for k <= 4
+        for i in range(1, k):
+            s += band[:, i]
+        t = s[:, :, 0].copy()
+        for j in range(1, k):
+            t += s[:, :, j]
+        t += np.uint16(k * k // 2)
+        t //= np.uint16(k * k)
+        res[r0 : r0 + n] = t
+    return res
+
+
 def downsample_back(out: Frame, h: int, w: int) -> Frame:
+    """``out`` box-filtered down to ``h x w`` (the self-check's comparison with the input).
+
+    A whole-number factor (2x, 3x, 4x) is a block mean in numpy (~2x faster than Pillow's
+    BOX resize at 1440p; the two differ by at most one level in rounding); others use Pillow.
+    """
+    oh, ow = out.shape[:2]
+    k = oh // h if h else 0
+    if out.ndim == 3 and 2 <= k <= 4 and oh == k * h and ow == k * w:
+        return _box_shrink(out, k)
     from PIL import Image
 
     return np.asarray(Image.fromarray(out).resize((w, h), Image.Resampling.BOX), dtype=np.uint8)

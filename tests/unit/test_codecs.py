@@ -180,6 +180,24 @@ def test_psnr() -> None:
     assert 48 < psnr(a, a + 1) < 49
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (37, 100, 3), (720, 1280, 3), (9,), (3, 4)])
+def test_psnr_by_row_band_matches_a_float64_sum(shape: tuple[int, ...]) -> None:
+    import math
+
+    rng = np.random.default_rng(len(shape))
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    for b in (rng.integers(0, 256, shape, dtype=np.uint8), np.where(a == 0, a, a - 1).astype(np.uint8)):
+        d = a.astype(np.float64) - b.astype(np.float64)
+        mse = float(np.mean(d * d))
+        want = math.inf if mse == 0 else 10 * math.log10(255 * 255 / mse)
+        assert psnr(a, b) == want or abs(psnr(a, b) - want) < 1e-4
+    one = a.copy()
+    one.flat[0] ^= 1  # a single one-level difference is not rounded away
+    assert psnr(a, one) < math.inf
+    with pytest.raises(ValidationError):
+        psnr(a[:0], a[:0])
+
+
 _PREFIXES = [b"", b"P2CA\x01\x00\x00\x01", b"P2CA\x01\x01\x07\x02", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]
 
 

@@ -18,6 +18,7 @@ from tasks.codecs import (
 from tasks.kernels.upscale import (
     UPSCALE,
     bilinear_2x,
+    downsample_back,
     run,
     run_planar,
     subsampled_bilinear_2x,
@@ -260,3 +261,18 @@ def test_planar_path_falls_back_and_keeps_the_limits() -> None:
         run(params, encode_image(np.zeros((1200, 2000, 3), np.uint8), "jpeg"))
     with pytest.raises(ValidationError):
         run(params, b"\xff\xd8\xff not a jpeg")
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_downsample_back_is_the_block_mean_for_whole_factors(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for h, w in ((1, 1), (5, 7), (33, 10)):
+        big = rng.integers(0, 256, (h * k, w * k, 3), dtype=np.uint8)
+        mean = big.reshape(h, k, w, k, 3).astype(np.float64).mean(axis=(1, 3))
+        got = downsample_back(big, h, w)
+        assert np.array_equal(got, np.floor(mean + 0.5).astype(np.uint8))
+        pil = np.asarray(Image.fromarray(big).resize((w, h), Image.Resampling.BOX))
+        assert np.abs(pil.astype(int) - got.astype(int)).max() <= 1
+    # 1.5x and sizes that are not a whole multiple go through Pillow
+    odd = rng.integers(0, 256, (15, 16, 3), dtype=np.uint8)
+    assert downsample_back(odd, 10, 11).shape == (10, 11, 3)
