@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ class Outcome:
     elected: list[tuple[float, int]] = field(default_factory=list)  # (t, member index)
     leases: list[tuple[float, float, int]] = field(default_factory=list)  # (sent, granted, worker)
     kill_at: float = 0.0
+
+
+def world_with_real_ids(
+    scenario: Path, make_ident: Callable[[str], Identity]
+) -> tuple[World, list[Identity]]:
+    """The scenario's world (seed ``SEED``) with its peer ids replaced by real members' ids,
+    so that rank ties between equal candidate scores break the same way on both sides."""
+    scn = load_scenario(scenario)
+    ids = [make_ident(str(i)) for i in range(scn.peers.count)]
+    world = build_world(scn, SEED)
+    world.peer_ids = [peer_id_to_str(i.peer_id_bytes) for i in ids]
+    return world, ids
 
 
 def simulate(world: World) -> Outcome:
@@ -234,10 +247,8 @@ def _max_slots(o: Outcome, ttl: float) -> dict[int, int]:
 
 
 async def test_simulator_agrees_with_real_control_services(autojump_clock: trio.testing.MockClock) -> None:
-    scn = load_scenario(SCEN)
-    ids = [ident(str(i)) for i in range(scn.peers.count)]
-    world = build_world(scn, SEED)
-    world.peer_ids = [peer_id_to_str(i.peer_id_bytes) for i in ids]
+    world, ids = world_with_real_ids(SCEN, ident)
+    scn = world.scenario
     sim = simulate(world)
     real = await run_real(world, ids)
     report = {"sim": (sim.elected, sim.leases[:8]), "real": (real.elected, real.leases[:8])}
