@@ -30,6 +30,15 @@ under ``features``:
   physics world as raw vs zstd arrays: bytes per result and tasks/s;
 - ``executor``: thread vs process (the section below).
 
+Figures are read from the nodes' Prometheus metrics (``nodes.metrics``): each worker
+process's ``/metrics`` endpoint is scraped before and after every workload (tasks finished
+by outcome, bytes in and out, time waiting for a kernel slot), and the gamer's own
+``GamerClient.metrics`` gives the latency quantiles (``p2c2r_task_latency_quantile_seconds``)
+and the verified-task count. The ``*_ms`` and ``tasks_per_s`` figures of the sequential and
+1 MiB runs are the metrics' quantiles; a wall-clock measurement beside them
+(``*_wall_ms``) cross-checks the metrics. Every workload's ``metrics`` block reports what
+the workers counted, so a figure the gamer claims can be matched against the other side.
+
 Every result's signature and binding to its task are checked by the SDK, as in production.
 The transport figures run with ``VerificationConfig.off()`` (no redundancy or spot
 checks, so each task travels once); ``pipelined_default_policy`` repeats the pipelined
@@ -42,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -57,29 +67,107 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mesh.errors import TaskTimeoutError
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import GamerClient, GamerConfig
+from nodes.metrics import fetch_metrics, parse_prometheus
 from nodes.verification import VerificationConfig
 
 OFF = VerificationConfig.off()
+#: (metric name, sorted labels) -> value, summed over the scraped nodes.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+_METRICS_URL = re.compile(r"http://127\.0\.0\.1:(\d+)/metrics")
 
 
 def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 3)
 
 
+def metrics_port(wp: WorkerProcess) -> int:
+    """The port of a worker process's ``/metrics`` endpoint, from its start-up banner."""
+    for line in wp.lines:
+        m = _METRICS_URL.search(line)
+        if m:
+            return int(m.group(1))
+    raise RuntimeError("the worker printed no metrics endpoint (started with --metrics-port -1?)")
+
+
+def _samples(texts: list[str]) -> Samples:
+    out: Samples = {}
+    for text in texts:
+        for name, labels, value in parse_prometheus(text):
+            key = (name, tuple(sorted(labels.items())))
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+async def scrape(ports: list[int]) -> Samples:
+    """Every worker's metrics, summed."""
+    return _samples([await fetch_metrics("127.0.0.1", p) for p in ports])
+
+
+def _total(s: Samples, name: str, **labels: str) -> float:
+    return sum(
+        v for (n, lbl), v in s.items() if n == name and all(dict(lbl).get(k) == x for k, x in labels.items())
+    )
+
+
+def worker_delta(before: Samples, after: Samples) -> dict[str, Any]:
+    """What the workers counted between two scrapes."""
+
+    def d(name: str, **labels: str) -> float:
+        return _total(after, name, **labels) - _total(before, name, **labels)
+
+    ok = d("p2c2r_tasks_total", outcome="ok")
+    waits = d("p2c2r_queue_wait_seconds_count")
+    return {
+        "worker_tasks_ok": int(ok),
+        "worker_tasks_failed": int(d("p2c2r_tasks_total") - ok),
+        "worker_bytes_in": int(d("p2c2r_payload_bytes_total", direction="in")),
+        "worker_bytes_out": int(d("p2c2r_payload_bytes_total", direction="out")),
+        "worker_queue_wait_ms_mean": round(d("p2c2r_queue_wait_seconds_sum") / waits * 1000, 3)
+        if waits
+        else None,
+    }
+
+
+def gamer_figures(g: GamerClient, kind: str = "echo") -> dict[str, Any]:
+    """The gamer's own metrics: verified tasks and latency quantiles (ms) of ``kind``."""
+    s = _samples([g.metrics.render().decode()])
+    q = {
+        dict(lbl)["quantile"]: v
+        for (n, lbl), v in s.items()
+        if n == "p2c2r_task_latency_quantile_seconds" and dict(lbl).get("kind") == kind
+    }
+    return {
+        "gamer_tasks_ok": int(_total(s, "p2c2r_tasks_total", kind=kind, outcome="ok")),
+        **{f"p{round(float(k) * 100)}_ms": round(v * 1000, 3) for k, v in sorted(q.items())},
+    }
+
+
+async def measured(ports: list[int], name: str, work: Any) -> dict[str, Any]:
+    """Run one workload between two scrapes of the workers' metrics; print and return it."""
+    before = await scrape(ports)
+    res: dict[str, Any] = await work
+    res["metrics"] = worker_delta(before, await scrape(ports))
+    print(name, res, flush=True)
+    return res
+
+
 async def sequential(addr: str, n: int) -> dict[str, Any]:
+    async with GamerClient.connect([addr], verification=OFF) as warm:
+        for _ in range(50):  # the worker's first tasks (imports, caches) stay out of the figures
+            await warm.run("echo", b"x" * 64)
     async with GamerClient.connect([addr], verification=OFF) as g:
-        for _ in range(50):
-            await g.run("echo", b"x" * 64)
         lat = []
         for i in range(n):
             t = time.perf_counter()
             await g.run("echo", i.to_bytes(8, "big") * 8)
             lat.append((time.perf_counter() - t) * 1000)
+        figures = gamer_figures(g)
     return {
         "tasks": n,
-        "p50_ms": pct(lat, 50),
-        "p99_ms": pct(lat, 99),
-        "mean_ms": round(float(np.mean(lat)), 3),
+        **figures,
+        "p50_wall_ms": pct(lat, 50),
+        "p99_wall_ms": pct(lat, 99),
+        "mean_wall_ms": round(float(np.mean(lat)), 3),
     }
 
 
@@ -98,16 +186,20 @@ async def throughput(addrs: list[str], n: int, config: GamerConfig, in_flight: i
             finally:
                 sem.release()
 
+        v0 = gamer_figures(g)["gamer_tasks_ok"]
         t = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(n):
                 await sem.acquire()
                 nursery.start_soon(one, i)
         wall = time.perf_counter() - t
+        verified = gamer_figures(g)["gamer_tasks_ok"] - v0
     return {
         "tasks": n,
         "in_flight": in_flight,
-        "tasks_per_s": round(done / wall, 1),
+        "gamer_tasks_ok": verified,
+        "tasks_per_s": round(verified / wall, 1),
+        "tasks_done_wall": done,
         "wall_s": round(wall, 3),
     }
 
@@ -115,6 +207,7 @@ async def throughput(addrs: list[str], n: int, config: GamerConfig, in_flight: i
 async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
     async with GamerClient.connect(addrs, verification=OFF) as g:
         await g.map("echo", [b"w" * 64] * 200)
+        v0 = gamer_figures(g)["gamer_tasks_ok"]
         t = time.perf_counter()
         handles = []
         for start in range(0, n, batch):
@@ -128,7 +221,14 @@ async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
         for h in handles:
             await h.result()
         wall = time.perf_counter() - t
-    return {"tasks": n, "batch": batch, "tasks_per_s": round(n / wall, 1), "wall_s": round(wall, 3)}
+        verified = gamer_figures(g)["gamer_tasks_ok"] - v0
+    return {
+        "tasks": n,
+        "batch": batch,
+        "gamer_tasks_ok": verified,
+        "tasks_per_s": round(verified / wall, 1),
+        "wall_s": round(wall, 3),
+    }
 
 
 async def mib(addr: str, n: int) -> dict[str, Any]:
@@ -143,9 +243,12 @@ async def mib(addr: str, n: int) -> dict[str, Any]:
             lat.append((time.perf_counter() - t1) * 1000)
             assert len(out) == len(payload)
         wall = time.perf_counter() - t
+        figures = gamer_figures(g)
     return {
         "tasks": n,
-        "p50_ms": pct(lat, 50),
+        "p50_ms": figures["p50_ms"],
+        "p50_wall_ms": pct(lat, 50),
+        "gamer_tasks_ok": figures["gamer_tasks_ok"],
         "mb_per_s_each_way": round(n * len(payload) / wall / 1e6, 1),
         "tasks_per_s": round(n / wall, 1),
     }
@@ -389,23 +492,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "machine": {"cpus": os.cpu_count()},
                     "transport": "py-libp2p TCP+Noise+yamux",
                 }
-                res["sequential"] = await sequential(addrs[0], 500 if quick else 3000)
-                print("sequential", res["sequential"], flush=True)
+                ports = [metrics_port(p) for p in procs]
+                res["sequential"] = await measured(
+                    ports, "sequential", sequential(addrs[0], 500 if quick else 3000)
+                )
                 n = 3000 if quick else 20000
-                res["pipelined"] = await throughput(
-                    addrs, n, GamerConfig(max_batch_tasks=1, verification=OFF), 256
+                res["pipelined"] = await measured(
+                    ports,
+                    "pipelined",
+                    throughput(addrs, n, GamerConfig(max_batch_tasks=1, verification=OFF), 256),
                 )
-                print("pipelined", res["pipelined"], flush=True)
-                res["pipelined_batched_frames"] = await throughput(
-                    addrs, n, GamerConfig(verification=OFF), 1024
+                res["pipelined_batched_frames"] = await measured(
+                    ports,
+                    "pipelined+batched frames",
+                    throughput(addrs, n, GamerConfig(verification=OFF), 1024),
                 )
-                print("pipelined+batched frames", res["pipelined_batched_frames"], flush=True)
-                res["pipelined_default_policy"] = await throughput(addrs, n, GamerConfig(), 1024)
-                print("pipelined, default verification policy", res["pipelined_default_policy"], flush=True)
-                res["batched"] = await batched(addrs, n, 256)
-                print("batched", res["batched"], flush=True)
-                res["mib"] = await mib(addrs[0], 30 if quick else 200)
-                print("1 MiB", res["mib"], flush=True)
+                res["pipelined_default_policy"] = await measured(
+                    ports, "pipelined, default verification policy", throughput(addrs, n, GamerConfig(), 1024)
+                )
+                res["batched"] = await measured(ports, "batched", batched(addrs, n, 256))
+                res["mib"] = await measured(ports, "1 MiB", mib(addrs[0], 30 if quick else 200))
                 if not args.skip_features:
                     res["features"] = await features(addrs, Path(tmp), quick)
                 drains.cancel_scope.cancel()
