@@ -40,9 +40,10 @@ worker node over ``/p2c2r/evidence/1.0.0`` and published on an optional in-proce
 ``EvidenceBus`` that other gamers verify for themselves (``nodes.evidence``).
 
 Workers on the same host get big payloads through shared memory (``nodes.shm``,
-``GamerConfig.shm``, on by default): each new link starts with a hello that proves, on
-the authenticated stream, that the worker reads segments this client creates; from then
-on inputs and outputs of ``shm_min_bytes`` or more travel as segments named in the frames.
+``GamerConfig.shm``, on by default): the first payload of ``shm_min_bytes`` or more for a
+worker comes with a hello that proves, on the authenticated stream, that the worker reads
+segments this client creates; from then on such inputs and outputs travel as segments
+named in the frames.
 Digests and signatures are checked exactly as for the stream (the output digest is of
 the bytes read back here). Any failure of that path sends the copy again through the
 stream (``p2c2r_shm_fallbacks_total``); a copy's input segment is unlinked whenever the
@@ -565,11 +566,18 @@ class GamerClient:
             link, wire.encode_hello(wire.ShmHello(name, shm.NONCE_LEN, token, self.config.shm_min_bytes))
         )
 
-    def _end_hello(self, link: _WorkerLink, reply: wire.ShmHelloReply | None) -> None:
+    def _drop_hello(self, link: _WorkerLink) -> _Hello | None:
+        """The hello in flight on ``link``, if any, its segment unlinked."""
         hello, link.hello = link.hello, None
+        if hello is not None:
+            shm.unlink(hello.name)
+        return hello
+
+    def _end_hello(self, link: _WorkerLink, reply: wire.ShmHelloReply | None) -> None:
+        """The worker answered the hello (``reply``), or refused the frame (None)."""
+        hello = self._drop_hello(link)
         if hello is None:
-            return  # unsolicited, or the link is gone
-        shm.unlink(hello.name)
+            return  # unsolicited
         if reply is not None and reply.ok and reply.nonce == hello.nonce and shm.valid_token(reply.token):
             link.shm = _LinkShm(reply.token, hello.token)
             log.info("worker %s shares this host: big payloads go through shared memory", link.name)
@@ -628,7 +636,7 @@ class GamerClient:
         for w in list(self._wires.values()):
             self._release(w)
         for link in self._links:
-            self._end_hello(link, None)
+            self._drop_hello(link)
 
     def _output_ref_ok(self, link: _WorkerLink, ref: wire.ShmRef) -> bool:
         """Whether ``ref`` names an output segment this worker may hand us."""
@@ -1236,7 +1244,7 @@ class GamerClient:
             self._wires.pop(wid, None)
             self._release(link.pending[wid])
         link.pending.clear()
-        self._end_hello(link, None)
+        self._drop_hello(link)
         if link.shm is not None:
             shm.sweep()  # outputs a crashed worker created and never sent
         # The policy fails this worker's copies and places replacements elsewhere.
