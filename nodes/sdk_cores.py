@@ -240,6 +240,13 @@ class QualityController:
     frames at the current level below ``up_at`` of the budget *and* when the better
     level's own last estimate (if any) fits; a better level known to be slow is probed
     again only after ``probe_after`` such frames (conditions change: peers join).
+
+    After a step down, the first ``frames_in_flight - 1`` frames answered at the new level
+    are not counted: they were sent while frames of the slower level were still ahead of
+    them, so their latency is mostly that level's (stepping down from a slow level otherwise
+    takes the next one down with it, seen in ``p2c2r demo --fps``). A step up needs no
+    such wait: the frames ahead are the cheaper level's, and a probe of a level that is
+    still slow steps back down on its first late answer.
     """
 
     target_fps: float
@@ -253,6 +260,7 @@ class QualityController:
     level: int = 0
     _ewma: dict[int, float] = field(default_factory=dict)
     _good_streak: int = 0
+    _settle: int = 0
     changes: int = 0
 
     @property
@@ -269,6 +277,9 @@ class QualityController:
 
     def observe(self, latency_s: float, level: int | None = None, missed: bool = False) -> QualityLevel:
         lvl = self.level if level is None else level
+        if lvl == self.level and self._settle > 0:
+            self._settle -= 1  # queued behind the previous level's frames: not this level's
+            return self.current
         prev = self._ewma.get(lvl)
         sample = max(latency_s, self.budget_s * 1.5) if missed else latency_s
         self._ewma[lvl] = sample if prev is None else (1 - self.alpha) * prev + self.alpha * sample
@@ -279,6 +290,7 @@ class QualityController:
             self.level += 1
             self.changes += 1
             self._good_streak = 0
+            self._settle = self.frames_in_flight - 1
         elif smoothed < self.up_at * self.budget_s and self.level > 0:
             self._good_streak += 1
             better = self._ewma.get(self.level - 1)

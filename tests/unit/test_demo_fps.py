@@ -71,9 +71,12 @@ async def test_a_stream_that_misses_its_budget_steps_down_until_it_holds(
     # Once down at a level that fits, the target rate holds; the controller probes the
     # better level now and then (``probe_after`` frames) and comes straight back down.
     assert s["final_level"] == "fast@1.5x"
+    # (after each step down the controller waits out the frames that were queued behind
+    # the slower level, 3 here, before judging the new one: the descent through three
+    # slow levels takes ~1.1 s instead of ~0.7 s, and seconds 2-3 lose a few frames)
     for row in rows[1:10]:
-        assert row["fps"] >= 28 and row["on_time"] >= 22 and row["dropped"] <= 2, row
-    assert sum(r["fps"] == r["on_time"] == 30 for r in rows[1:10]) >= 6
+        assert row["fps"] >= 26 and row["on_time"] >= 20 and row["dropped"] <= 4, row
+    assert sum(r["fps"] == r["on_time"] == 30 for r in rows[1:10]) >= 4
     ups = [i for i, c in enumerate(s["changes"]) if c["direction"] == "up"]
     for i in ups:
         assert s["changes"][i + 1]["direction"] == "down"
@@ -130,7 +133,7 @@ async def test_a_longer_frame_deadline_shows_late_frames_instead_of_none(
     strict = (await stream_frames(quality(FakeWorkers(slow)), [b"a"], seconds=3)).summary()
     assert strict["frames_verified"] == 0 and strict["timeouts"] == strict["frames_sent"]
     lenient = (
-        await stream_frames(quality(FakeWorkers(slow)), [b"a"], seconds=3, frame_deadline_s=2.0)
+        await stream_frames(quality(FakeWorkers(slow)), [b"a"], seconds=5, frame_deadline_s=2.0)
     ).summary()
     assert lenient["timeouts"] == 0 and lenient["frames_verified"] == lenient["late"] > 0
     assert lenient["final_level"] == "fast@1.5x" and lenient["mode_changes"] == 3

@@ -115,3 +115,21 @@ def test_quality_does_not_flap_back_to_a_level_known_to_be_slow() -> None:
     assert q.level == 1
     q.observe(q.budget_s * 0.3)  # ... until it is probed again
     assert q.level == 0
+
+
+def test_quality_ignores_frames_queued_behind_the_previous_level() -> None:
+    q = QualityController(target_fps=30, frames_in_flight=4)
+    slow = q.budget_s * 2.0
+    q.observe(slow)  # level 0 too slow: step down
+    assert q.level == 1
+    # frames sent at level 1 while 3 level-0 frames were still ahead of them come back late
+    for _ in range(3):
+        assert q.observe(slow, 1) == q.levels[1]
+    q.observe(q.budget_s * 0.3, 0)  # a level-0 straggler: recorded for level 0, no step
+    assert q.level == 1 and q.changes == 1
+    assert q.observe(slow, 1) == q.levels[2]  # after that, level 1's own latency counts
+    # with one frame in flight there is nothing to wait for
+    one = QualityController(target_fps=30)
+    one.observe(one.budget_s * 2.0)
+    one.observe(one.budget_s * 2.0)
+    assert one.level == 2
