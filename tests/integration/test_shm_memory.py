@@ -28,7 +28,7 @@ from nodes.verification import VerificationConfig
 from nodes.worker import Worker, WorkerConfig
 from tasks.kernels.echo import ECHO
 from tasks.registry import Registry
-from tests.integration.test_sdk_features_memory import REVERSE
+from tests.integration.test_sdk_features_memory import REVERSE, prefer
 from tests.integration.test_sdk_features_memory import Hold as _Hold
 from tests.integration.test_task_path_memory import read_frame
 
@@ -82,6 +82,8 @@ class Mesh:
     host: MemoryHost
     gamer: GamerClient
     gamer_host: MemoryHost
+    #: Further (honest) workers, when asked for.
+    others: list[MemoryHost]
 
     @property
     def peer(self) -> bytes:
@@ -93,6 +95,7 @@ async def open_mesh(
     config: GamerConfig = RAW,
     worker_config: WorkerConfig = WorkerConfig(concurrency=2),
     hold: Hold | None = None,
+    extra_workers: int = 0,
 ) -> AsyncIterator[Mesh]:
     net = MemoryNetwork(3, link=LinkModel(delay_s=0.01), stream_buffer=8 << 20)
     async with AsyncExitStack() as stack:
@@ -107,7 +110,13 @@ async def open_mesh(
             GamerClient.connect(host=gh, config=config, registry=REGISTRY)
         )
         await gamer.add_worker(host.listen_addrs()[0])
-        yield Mesh(net, worker, host, gamer, gh)
+        others = []
+        for _ in range(extra_workers):
+            other = await stack.enter_async_context(net.open_host())
+            await nursery.start(Worker(other, other.identity, REGISTRY, worker_config).run)
+            await gamer.add_worker(other.listen_addrs()[0])
+            others.append(other)
+        yield Mesh(net, worker, host, gamer, gh, others)
 
 
 async def open_path(m: Mesh) -> None:
@@ -221,6 +230,22 @@ async def test_timed_out_cancelled_and_abandoned_copies_leave_no_segment(
         assert ours() != []
     # The worker's output for it came after the gamer left: the worker's stream cleanup
     # (or the fixture) must find nothing.
+
+
+async def test_a_hedge_loser_leaves_no_segment(autojump_clock: trio.abc.Clock) -> None:
+    async with open_mesh(replace(RAW, hedge=True), hold=Hold(slow_if_tagged), extra_workers=1) as m:
+        m.gamer.set_placement(prefer(m.peer))  # primaries to the (sometimes slow) first worker
+        await open_path(m)
+        for i in range(12):  # learn echo's pace: the hedge delay
+            await m.gamer.run("echo", b"tiny %d" % i)
+        handle = await m.gamer.submit("echo", b"slow" + big(1)[4:])
+        assert await handle.result() == b"slow" + big(1)[4:]
+        assert handle.worker == m.others[0].peer_id and m.gamer.stats.hedges_won == 1
+        # The primary, on the slow worker, is not cancelled when its hedge wins (only
+        # the reverse is; see the report on GamerClient._finish): its input segment goes
+        # when that copy ends. Its late answer is dropped, and its output unlinked.
+        await trio.sleep(6)
+        assert m.gamer.stats.late_dropped == 1 and ours() == []
 
 
 async def test_a_worker_unlinks_what_a_vanished_gamer_left_on_its_stream(
