@@ -25,6 +25,11 @@ it. Every workaround for a py-libp2p 0.8.1 bug lives here, each named:
   reads): we never use them; ``nodes`` frames its own stream with ``mesh.wire`` and writes
   in chunks of <= 1 MiB (``mesh.transport.write_chunked``).
 - **Metrics server hunts for port 8000 and hangs without a consumer**: metrics stay off.
+- **Per-message overhead** (a yamux window update for every read, one ``send`` per
+  frame and per Noise message, two ``recv`` per Noise message, a 10 ms poll on a zero
+  send window): ``mesh.libp2p_tuning`` switches this host's connections to subclasses
+  that avoid them, wire-compatible with stock peers; ``HostConfig.libp2p_tuning`` /
+  ``P2C2R_LIBP2P_TUNING`` turn it off.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import multiaddr
@@ -51,6 +56,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from mesh.errors import ConfigError, ConnectionLostError, UnavailableError
 from mesh.identity import Identity
+from mesh.libp2p_tuning import is_tuned, tune_host, tuning_from_env
 from mesh.transport import StreamHandler
 
 log = logging.getLogger("p2c2r.mesh.host")
@@ -92,6 +98,11 @@ class HostConfig:
     stream_open_timeout_s: float = 5.0
     max_connections: int = 512
     libp2p_log_level: int | None = None
+    #: Cut py-libp2p's per-message overhead on this host's connections (``mesh.libp2p_tuning``:
+    #: coalesced yamux window updates, batched frames and Noise messages, buffered reads).
+    #: Default from ``P2C2R_LIBP2P_TUNING`` (on unless ``0``), so benchmarks can switch it
+    #: for node processes; wire-compatible with untuned peers either way.
+    libp2p_tuning: bool = field(default_factory=tuning_from_env)
 
 
 class Libp2pStream:
@@ -229,6 +240,15 @@ class Libp2pHost:
     def connected_peers(self) -> list[bytes]:
         return sorted(p.to_bytes() for p in self._host.get_connected_peers())
 
+    def muxed_connections(self, peer: bytes) -> list[Any]:
+        """py-libp2p's muxed connections to ``peer`` (tests and diagnostics)."""
+        return [c.muxed_conn for c in self._host.get_network().get_connections(ID(peer))]
+
+    def tuned(self, peer: bytes) -> bool:
+        """Whether every connection to ``peer`` runs the per-message tuning."""
+        conns = self.muxed_connections(peer)
+        return bool(conns) and all(is_tuned(c) for c in conns)
+
 
 def _port_in_use(exc: BaseException) -> bool:
     seen: list[BaseException] = [exc]
@@ -302,6 +322,8 @@ async def open_host(identity: Identity, config: HostConfig = HostConfig()) -> As
             return None
 
         auto.start = _never_start
+    if config.libp2p_tuning:
+        tune_host(host)
     _check_ports_free(listen)
     try:
         async with host.run(listen_addrs=listen):
