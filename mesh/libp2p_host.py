@@ -296,8 +296,14 @@ def _check_ports_free(listen: list[multiaddr.Multiaddr]) -> None:
 
 
 @asynccontextmanager
-async def open_host(identity: Identity, config: HostConfig = HostConfig()) -> AsyncIterator[Libp2pHost]:
-    """Run a py-libp2p host (TCP, Noise, yamux) listening on ``config.listen``."""
+async def open_host(identity: Identity, config: HostConfig | None = None) -> AsyncIterator[Libp2pHost]:
+    """Run a py-libp2p host (TCP, Noise, yamux) listening on ``config.listen``.
+
+    Without ``config``, a default ``HostConfig()`` made now (so ``P2C2R_LIBP2P_TUNING`` is
+    read when the host opens, not when this module was imported).
+    """
+    if config is None:
+        config = HostConfig()
     route_libp2p_logging(config.libp2p_log_level)
     listen = [parse_multiaddr(a) for a in config.listen]
     keypair = identity.libp2p_keypair()

@@ -28,7 +28,15 @@ under ``features``:
   (``--misbehave slow``): p50/p99 without and with hedged requests;
 - ``payload_codec``: 720p->1440p upscale output as JPEG vs WebP vs PNG, and a
   physics world as raw vs zstd arrays: bytes per result and tasks/s;
+- ``libp2p_tuning``: py-libp2p's per-message overhead cut (``mesh.libp2p_tuning``) off vs
+  on in the workers and the gamer alike: two fresh workers per setting, sequential tiny
+  p50/p99, pipelined tasks/s (256 in flight, one task per frame) and 1 MiB MB/s (through
+  the stream: the same-host shared-memory path off), the
+  settings alternated over several rounds (median reported, every round kept);
 - ``executor``: thread vs process (the section below).
+
+``--libp2p-tuning on|off`` runs the whole benchmark with the tuning on or off (workers and
+gamer; it sets ``P2C2R_LIBP2P_TUNING``, which new hosts read when they open).
 
 Figures are read from the nodes' Prometheus metrics (``nodes.metrics``): each worker
 process's ``/metrics`` endpoint is scraped before and after every workload (tasks finished
@@ -65,6 +73,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mesh.errors import TaskTimeoutError
+from mesh.libp2p_tuning import ENV_VAR as TUNING_ENV
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import GamerClient, GamerConfig
 from nodes.metrics import fetch_metrics, parse_prometheus
@@ -231,9 +240,9 @@ async def batched(addrs: list[str], n: int, batch: int) -> dict[str, Any]:
     }
 
 
-async def mib(addr: str, n: int) -> dict[str, Any]:
+async def mib(addr: str, n: int, shm: bool = True) -> dict[str, Any]:
     payload = os.urandom(1024 * 1024)
-    async with GamerClient.connect([addr], verification=OFF) as g:
+    async with GamerClient.connect([addr], config=replace(RAW, shm=shm)) as g:
         await g.run("echo", payload)
         t = time.perf_counter()
         lat = []
@@ -358,6 +367,61 @@ async def codec_compare(addr: str, n: int) -> dict[str, Any]:
     return out
 
 
+def set_libp2p_tuning(on: bool) -> None:
+    """Hosts opened from now on (worker processes started, gamers connected) use this."""
+    os.environ[TUNING_ENV] = "1" if on else "0"
+
+
+async def libp2p_tuning_onoff(tmp: Path, quick: bool) -> dict[str, Any]:
+    """The tuning off and on in workers and gamer alike, alternated over several rounds."""
+    rounds = 2 if quick else 3
+    n_seq, n_piped, n_mib = (300, 2000, 20) if quick else (1000, 6000, 60)
+    saved = os.environ.get(TUNING_ENV)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    try:
+        for r in range(rounds):
+            for label in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                set_libp2p_tuning(label == "on")
+                procs = [await start_worker(tmp / f"t{label}{r}{i}.key", tmp, 1) for i in range(2)]
+                try:
+                    async with trio.open_nursery() as drains:
+                        for p in procs:
+                            drains.start_soon(_drain, p.proc)
+                        addrs = [p.addr for p in procs]
+                        seq = await sequential(addrs[0], n_seq)
+                        piped = await throughput(addrs, n_piped, replace(RAW, max_batch_tasks=1), 256)
+                        big = await mib(addrs[0], n_mib, shm=False)  # through yamux, not shared memory
+                        drains.cancel_scope.cancel()
+                finally:
+                    await stop_workers(procs)
+                one = {
+                    "round": r,
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                    "seq_p50_ms": seq["p50_ms"],
+                    "seq_p99_ms": seq["p99_ms"],
+                    "seq_p50_wall_ms": seq["p50_wall_ms"],
+                    "pipelined_tasks_per_s": piped["tasks_per_s"],
+                    "mib_mb_per_s": big["mb_per_s_each_way"],
+                    "mib_p50_ms": big["p50_ms"],
+                }
+                runs[label].append(one)
+                print("libp2p tuning", label, one, flush=True)
+    finally:
+        if saved is None:
+            os.environ.pop(TUNING_ENV, None)
+        else:
+            os.environ[TUNING_ENV] = saved
+    out: dict[str, Any] = {}
+    for label, rs in runs.items():
+        out[label] = {
+            k: round(float(np.median([x[k] for x in rs])), 3)
+            for k in rs[0]
+            if k not in ("round", "load_avg_1m")
+        }
+        out[label]["rounds"] = rs
+    return out
+
+
 async def features(addrs: list[str], tmp: Path, quick: bool) -> dict[str, Any]:
     """Each optimisation on and off, on the same machine and workers."""
     n = 1000 if quick else 5000
@@ -396,6 +460,7 @@ async def features(addrs: list[str], tmp: Path, quick: bool) -> dict[str, Any]:
             drains.cancel_scope.cancel()
     finally:
         await stop_workers(special)
+    f["libp2p_tuning"] = await libp2p_tuning_onoff(tmp, quick)
     return f
 
 
@@ -414,6 +479,10 @@ def feature_table(f: dict[str, Any]) -> str:
     row("adaptive_timeouts", "s until a lost task fails", "seconds_to_fail")
     row("hedging", "p99 ms (1 in 10 on a slow worker)", "p99_ms")
     row("hedging", "mean ms", "mean_ms")
+    row("libp2p_tuning", "sequential p50 ms (median of rounds)", "seq_p50_ms")
+    row("libp2p_tuning", "sequential p99 ms", "seq_p99_ms")
+    row("libp2p_tuning", "pipelined tasks/s (256 in flight)", "pipelined_tasks_per_s")
+    row("libp2p_tuning", "1 MiB in+out MB/s each way (shm off)", "mib_mb_per_s")
     if "payload_codec" in f:
         pc = f["payload_codec"]
         for a, b in (
@@ -479,6 +548,13 @@ async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
+    if args.only_libp2p_tuning:
+        with tempfile.TemporaryDirectory(prefix="p2c2r-bench-") as tmp:
+            f = {"libp2p_tuning": await libp2p_tuning_onoff(Path(tmp), quick)}
+        print(feature_table(f), flush=True)
+        return {"machine": {"cpus": os.cpu_count()}, "features": f}
+    if args.libp2p_tuning is not None:
+        set_libp2p_tuning(args.libp2p_tuning == "on")
     procs: list[WorkerProcess] = []
     with tempfile.TemporaryDirectory(prefix="p2c2r-bench-") as tmp:
         try:
@@ -489,8 +565,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     drains.start_soon(_drain, p.proc)
                 addrs = [p.addr for p in procs]
                 res: dict[str, Any] = {
-                    "machine": {"cpus": os.cpu_count()},
+                    "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
                     "transport": "py-libp2p TCP+Noise+yamux",
+                    "libp2p_tuning": os.environ.get(TUNING_ENV, "default (on)"),
                 }
                 ports = [metrics_port(p) for p in procs]
                 res["sequential"] = await measured(
@@ -532,6 +609,16 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="a reduced run")
     ap.add_argument("--skip-kernels", action="store_true", help="skip the thread/process executor comparison")
     ap.add_argument("--skip-features", action="store_true", help="skip the on/off table of each optimisation")
+    ap.add_argument(
+        "--libp2p-tuning",
+        choices=("on", "off"),
+        help="run everything with py-libp2p's per-message tuning on or off (default: P2C2R_LIBP2P_TUNING, else on)",
+    )
+    ap.add_argument(
+        "--only-libp2p-tuning",
+        action="store_true",
+        help="run only the libp2p_tuning on/off rounds of the features section",
+    )
     a = ap.parse_args()
     out = trio.run(main, a)
     if a.json:
