@@ -342,25 +342,48 @@ def _proc_cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat`` (Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 class _CpuMeter:
-    """CPU time the gamer (this process, all its threads) and the workers spend on the stream."""
+    """CPU time the gamer (this process, all its threads) and the workers spend on the stream,
+    and what the rest of the machine used meanwhile (other people's jobs on a shared box)."""
 
     def __init__(self, worker_pids: Sequence[int | None]) -> None:
         self.pids = list(worker_pids)
+        self.wall0 = time.monotonic()
         self.gamer0 = time.process_time()
         self.workers0 = [_proc_cpu_s(p) for p in self.pids]
+        self.machine0 = _machine_cpu_s()
 
     def per_frame_ms(self, frames: int) -> dict[str, float | None]:
-        """Milliseconds of CPU per delivered frame: gamer, workers (all together), total."""
+        """CPU ms per delivered frame (gamer, workers together, total), and cores in use
+        during the stream: by the whole machine, and by other processes than the demo's."""
         n = max(1, frames)
-        gamer = (time.process_time() - self.gamer0) * 1000 / n
+        wall = max(time.monotonic() - self.wall0, 1e-9)
+        gamer_s = time.process_time() - self.gamer0
         now = [_proc_cpu_s(p) for p in self.pids]
         spent = [b - a for a, b in zip(self.workers0, now, strict=True) if a is not None and b is not None]
-        workers = sum(spent) * 1000 / n if len(spent) == len(self.pids) else None
+        workers_s = sum(spent) if len(spent) == len(self.pids) else None
+        machine = _machine_cpu_s()
+        busy = None
+        if machine is not None and self.machine0 is not None:
+            busy = (machine[0] - self.machine0[0]) / wall
+        others = None if busy is None or workers_s is None else max(0.0, busy - (gamer_s + workers_s) / wall)
         return {
-            "gamer": round(gamer, 2),
-            "workers": None if workers is None else round(workers, 2),
-            "total": None if workers is None else round(gamer + workers, 2),
+            "gamer": round(gamer_s * 1000 / n, 2),
+            "workers": None if workers_s is None else round(workers_s * 1000 / n, 2),
+            "total": None if workers_s is None else round((gamer_s + workers_s) * 1000 / n, 2),
+            "machine_busy_cores": None if busy is None else round(busy, 2),
+            "other_processes_cores": None if others is None else round(others, 2),
         }
 
 
@@ -496,7 +519,8 @@ async def _fps_demo(
     )
     console.print(
         f"  CPU per delivered frame: gamer {cpu_ms['gamer']} ms, workers {cpu_ms['workers']} ms "
-        f"(budget at {fps:g} fps on {os.cpu_count()} cores: {1000 * (os.cpu_count() or 1) / fps:.0f} ms)"
+        f"(budget at {fps:g} fps on {os.cpu_count()} cores: {1000 * (os.cpu_count() or 1) / fps:.0f} ms); "
+        f"other processes used {cpu_ms['other_processes_cores']} cores meanwhile"
     )
     for ch in summary["changes"]:
         console.print(f"  {ch['t_s']:6.2f} s  {ch['from']} -> {ch['to']}  (smoothed {ch['smoothed_ms']} ms)")

@@ -202,6 +202,10 @@ def test_cpu_meter_reads_this_process_and_the_workers() -> None:
     assert ms["workers"] is None and ms["total"] is None  # one pid unreadable: no partial sum
     ms = _CpuMeter([os.getpid()]).per_frame_ms(0)
     assert ms["workers"] is not None and ms["workers"] >= 0
+    assert (
+        ms["machine_busy_cores"] is not None and 0 <= ms["machine_busy_cores"] <= (os.cpu_count() or 1) + 0.5
+    )
+    assert ms["other_processes_cores"] is not None and ms["other_processes_cores"] >= 0
 
 
 def test_worker_threads_share_the_cores_and_keep_a_user_setting(monkeypatch: pytest.MonkeyPatch) -> None:
