@@ -438,6 +438,14 @@ class Reputation:
         self._rate = math.log(2) / config.half_life_s if config.half_life_s > 0 else 0.0
         #: Bumped by every change of a score, ban or offence count (persistence saves on change).
         self.changes = 0
+        #: Bumped whenever a ban starts, is extended or its record is forgotten (not when a
+        #: ban merely expires: that follows from ``ban_end``). A caller caching who is banned
+        #: (``VerificationCore``'s eligible workers) rebuilds when it moves and otherwise only
+        #: at the earliest ``ban_end`` it saw.
+        self.ban_version = 0
+        #: Every peer with a ban on record (active or expired) -> when it ends, so the queries
+        #: over bans (``banned``, ``next_deadline``) scan the banned, not every peer seen.
+        self._ban_ends: dict[bytes, float] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -469,8 +477,20 @@ class Reputation:
         for peer, rec in self._peers.items():
             if rec.banned_until <= now:
                 del self._peers[peer]
+                self._forget_ban(peer)
                 return
-        self._peers.popitem(last=False)
+        peer, _ = self._peers.popitem(last=False)
+        self._forget_ban(peer)
+
+    def _forget_ban(self, peer: bytes) -> None:
+        if self._ban_ends.pop(peer, None) is not None:
+            self.ban_version += 1
+
+    def _set_ban(self, peer: bytes, rec: PeerRecord, until: float) -> None:
+        if until > rec.banned_until:
+            rec.banned_until = until
+            self._ban_ends[peer] = until
+            self.ban_version += 1
 
     def trust(self, peer: bytes, now: float) -> float:
         """The decayed score in ``[0, 1]``; 0 while banned."""
@@ -487,9 +507,25 @@ class Reputation:
         rec = self._peers.get(peer)
         return rec is not None and rec.banned_until > now
 
+    def standing(self, peer: bytes, now: float) -> float | None:
+        """``None`` while ``peer`` is banned, else ``trust(peer, now)``: the two questions a
+        placement asks of every candidate, in one look-up."""
+        rec = self._peers.get(peer)
+        if rec is None:
+            return self.config.initial
+        if rec.banned_until > now:
+            return None
+        dt = max(0.0, now - rec.updated)
+        p = self.config.prior
+        return p + (rec.score - p) * math.exp(-self._rate * dt)
+
+    def ban_end(self, peer: bytes) -> float:
+        """When ``peer``'s ban ends (``-inf`` if it never had one); banned while ``now`` is before it."""
+        return self._ban_ends.get(peer, -math.inf)
+
     def banned(self, now: float) -> list[tuple[bytes, float]]:
         """``(peer, banned_until)`` for every active ban, sorted by peer id."""
-        return sorted((p, r.banned_until) for p, r in self._peers.items() if r.banned_until > now)
+        return sorted((p, until) for p, until in self._ban_ends.items() if until > now)
 
     def record_verified(self, peer: bytes, now: float, weight: float = 1.0) -> float:
         """An independently verified good result from ``peer``; returns the new score."""
@@ -522,7 +558,7 @@ class Reputation:
         self.changes += 1
         if duration_s is not None:
             rec.score = 0.0
-            rec.banned_until = max(rec.banned_until, now + duration_s)
+            self._set_ban(peer, rec, now + duration_s)
             return rec.banned_until
         if evidence is not None:
             rec.evidence = [*rec.evidence, evidence][-c.max_evidence_per_peer :]
@@ -531,7 +567,7 @@ class Reputation:
         rec.offences += 1
         rec.score = 0.0
         duration = min(c.ban_max_s, c.ban_base_s * c.ban_factor ** (rec.offences - 1))
-        rec.banned_until = max(rec.banned_until, now + duration)
+        self._set_ban(peer, rec, now + duration)
         return rec.banned_until
 
     def evidence_for(self, peer: bytes) -> list[Evidence]:
@@ -609,18 +645,18 @@ class Reputation:
             until = now + min(st.ban_left_s, c.ban_max_s) if st.ban_left_s > 0 else -math.inf
             existing = self._peers.get(st.peer)
             if existing is not None:
-                existing.banned_until = max(existing.banned_until, until)
+                self._set_ban(st.peer, existing, until)
                 existing.offences = max(existing.offences, max(0, int(st.offences)))
             else:
                 if len(self._peers) >= c.max_peers:
                     self._evict(now)
-                self._peers[st.peer] = PeerRecord(
+                rec = self._peers[st.peer] = PeerRecord(
                     score=min(1.0, max(0.0, float(st.score))),
                     updated=now - max(0.0, float(st.age_s)),
                     verified=max(0, int(st.verified)),
                     offences=max(0, int(st.offences)),
-                    banned_until=until,
                 )
+                self._set_ban(st.peer, rec, until)
             taken += 1
         if taken:
             self.changes += 1
@@ -628,7 +664,7 @@ class Reputation:
 
     def next_deadline(self, now: float) -> float | None:
         """When the earliest active ban ends (a shell may re-admit the peer then)."""
-        ends = [r.banned_until for r in self._peers.values() if r.banned_until > now]
+        ends = [until for until in self._ban_ends.values() if until > now]
         return min(ends) if ends else None
 
 
@@ -677,6 +713,10 @@ class ReputationTrust:
     def trust(self, worker: str, now: float) -> float:
         pid = self._peer(worker)
         return self.reputation.config.initial if pid is None else self.reputation.trust(pid, now)
+
+    def standing(self, worker: str, now: float) -> float | None:
+        pid = self._peer(worker)
+        return self.reputation.config.initial if pid is None else self.reputation.standing(pid, now)
 
     def observed(self, worker: str, now: float) -> None:
         last = self._last_observed.get(worker)

@@ -14,7 +14,8 @@ Effects
     neighbour region has room: forward the request there), ``LeaseExpired``.
 
 States of a request: QUEUED --placed--> LEASED --expired/released--> (gone);
-QUEUED --queue timeout / deadline unreachable--> OVERFLOWED or REFUSED.
+QUEUED --queue timeout / deadline unreachable--> OVERFLOWED or REFUSED (one hop: a request
+marked ``forwarded`` is refused, never overflowed again).
 
 Ordering: requests wait in one EDF queue per kind, keyed (priority class, deadline, arrival):
 priority classes are strict (0 = frame-critical first), deadlines order work inside a class.
@@ -103,6 +104,10 @@ class TrustView(Protocol):
         """In ``[0, 1]``; 0 for a key never seen."""
         ...
 
+    def standing(self, worker: str, now: float) -> float | None:
+        """``None`` while banned, else ``trust``: what ``_views`` asks of every candidate."""
+        ...
+
     def observed(self, worker: str, now: float) -> None:
         """A gamer reported a result of ``worker`` it verified (``LeaseRequest.observed``)."""
         ...
@@ -149,6 +154,8 @@ class PlacementRequest:
     lease_s: float | None = None
     #: Workers this gamer will not use (it banned them itself): never leased to it.
     exclude: tuple[str, ...] = ()
+    #: Already overflowed here from a neighbour region: refused, never overflowed again.
+    forwarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -690,9 +697,10 @@ class Scheduler:
                 continue
             t = 1.0
             if trust is not None:
-                if trust.is_banned(wid, now):
-                    continue
-                t = trust.trust(wid, now)
+                standing = trust.standing(wid, now)
+                if standing is None:
+                    continue  # banned
+                t = standing
             coord = w.coord
             rtt = 0.0 if coord is None or here is None else estimate_rtt(coord, here)
             svc = service.get((wid, kind))
@@ -720,6 +728,17 @@ class Scheduler:
                 del self._workers[lease.worker]
 
     def _overflow_or_refuse(self, req: PlacementRequest, now: float, why: str) -> None:
+        """Forward ``req`` to the nearest neighbour whose summary has room, else refuse it.
+
+        A request that was itself forwarded here is refused, never forwarded again: a summary
+        counts free slots this region cannot lease to that gamer (workers it excludes, or
+        that the neighbour bans), so two regions could otherwise hand one request back and
+        forth until its deadline. The simulator saw exactly that with the trust cores on:
+        raytrace requests (60 s deadlines) excluding a gamer's local bans bounced between two
+        regions every queue timeout, tens of thousands of times a second at 1,000 peers."""
+        if req.forwarded:
+            self._refuse(req, RejectedError, f"{why}; already overflowed here from a neighbour region")
+            return
         best: tuple[float, str, RegionSummary] | None = None
         for region in sorted(self._summaries):
             summary, at = self._summaries[region]

@@ -95,7 +95,7 @@ import itertools
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,12 +113,14 @@ from tasks.registry import Registry
 __all__ = [
     "Cancel",
     "Effect",
+    "LeasePlacer",
     "Penalise",
     "Placer",
     "Probe",
     "Reject",
     "Resolve",
     "Role",
+    "RttEstimate",
     "RunCheck",
     "SendTo",
     "Task",
@@ -263,6 +265,10 @@ class VerificationConfig:
     #: Trust-weighted choice of duplicate and tie-break workers: weight (floor + t)**bias.
     partner_trust_bias: float = 2.0
     partner_trust_floor: float = 0.05
+    #: Duplicates, tie-breakers, replacements (and primaries, without a placer) are drawn
+    #: from a seeded uniform sample of this many eligible workers, weighted as above, when
+    #: more are connected (power-of-d choices): a copy costs O(sample), not O(connected).
+    placement_sample: int = 8
     #: Trust flows from anchors: agreeing workers gain trust weighted by the highest trust
     #: among the *other* agreeing workers (probes answered right count with weight 1), so
     #: colluders confirming each other earn nothing.
@@ -379,7 +385,7 @@ class VerificationStats:
 # --------------------------------------------------------------------------- internals
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Known:
     kind: str
     params: dict[str, Any]
@@ -389,9 +395,12 @@ class _Known:
     digest: bytes
     reference: SignedResult | None
     workers: frozenset[bytes]
+    #: Positions in the core's probe indexes (every known answer; those of its kind).
+    pos_all: int = -1
+    pos_kind: int = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Copy:
     wire_id: bytes
     worker: bytes
@@ -407,7 +416,7 @@ class _Copy:
     counted: bool = True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Answer:
     copy: _Copy
     output: bytes
@@ -418,7 +427,7 @@ class _Answer:
     recomputed: bool | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Task:
     task: Task
     norm: dict[str, Any]
@@ -436,6 +445,8 @@ class _Task:
     #: Copies that failed or were hedged and still owe a replacement.
     owed: int = 0
     done: bool = False
+    #: The reputation's ``ban_version`` when the answers were last checked for bans.
+    ban_seen: int = -1
 
     def in_flight(self) -> int:
         return sum(1 for c in self.copies if c.live)
@@ -446,7 +457,7 @@ class _Task:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Check:
     purpose: str  # "self" | "compare" | "probe" | "recompute"
     answer: _Answer
@@ -455,6 +466,10 @@ class _Check:
 
 #: ``placer(kind, [(worker, copies in flight), ...]) -> worker or None`` (see ``placer``).
 Placer = Callable[[str, list[tuple[bytes, int]]], bytes | None]
+#: ``lease_placer(kind, in_flight) -> worker or None`` (see ``lease_placer``).
+LeasePlacer = Callable[[str, Callable[[bytes], int | None]], bytes | None]
+#: ``rtt_estimate(worker) -> seconds or None`` (see ``VerificationCore.rtt_estimate``).
+RttEstimate = Callable[[bytes], float | None]
 
 
 class VerificationCore:
@@ -475,8 +490,30 @@ class VerificationCore:
         #: Optional outside placement of primaries (the control plane's leases): called
         #: with the eligible (unbanned) workers; a worker it returns is used as primary.
         self.placer: Placer | None = None
+        #: The same for a shell that knows its own candidates (the workers it holds leases
+        #: on): called with ``in_flight(worker)``, the copies in flight on an eligible
+        #: worker or ``None`` for one that is not (not connected, or banned), instead of
+        #: the list of every eligible worker, so that placing a primary costs O(the shell's
+        #: candidates) and not O(connected workers). Takes precedence over ``placer``.
+        self.lease_placer: LeasePlacer | None = None
+        #: Optional round-trip estimate to a worker, in seconds, from the shell (link pings,
+        #: Vivaldi coordinates). Used, until the core has measured the worker's own latency
+        #: for a kind, to keep duplicates off workers too far away to answer in time.
+        self.rtt_estimate: RttEstimate | None = None
         self._workers: set[bytes] = set()
         self._inflight: dict[bytes, int] = {}
+        #: Eligible workers (connected, not banned), sorted, cached: valid while the
+        #: reputation's ``ban_version`` and the connected set are unchanged and ``now`` is in
+        #: [``_elig_from``, ``_elig_until``) (the earliest end of a connected worker's ban).
+        self._elig: list[bytes] = []
+        self._elig_set: frozenset[bytes] = frozenset()
+        self._elig_version = -1
+        self._elig_from = math.inf
+        self._elig_until = -math.inf
+        #: Live copies (tasks and probes) per worker, by wire id; when each worker was last
+        #: sent a copy or heard from (for ``idle_workers``).
+        self._live: dict[bytes, dict[bytes, None]] = {}
+        self._last_active: dict[bytes, float] = {}
         self._tasks: dict[bytes, _Task] = {}
         self._copies: dict[bytes, _Copy] = {}
         self._checks: dict[int, _Check] = {}
@@ -487,9 +524,15 @@ class VerificationCore:
         self._seq = itertools.count()
         self._known: OrderedDict[tuple[str, bytes, bytes], _Known] = OrderedDict()
         self._known_bytes = 0
+        #: The known answers again, as lists a probe draws from by index: all, and per kind.
+        self._known_all: list[_Known] = []
+        self._known_by_kind: dict[str, list[_Known]] = {}
+        #: Normalised parameters by (kind, typed params, input length): the registry's
+        #: ``validate_params`` is pure, and a stream submits the same parameters every frame.
+        self._norms: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._latency: dict[str, float] = {}
-        #: The same per (worker, kind): a worker is judged against its own pace once known.
-        self._wlatency: dict[tuple[bytes, str], float] = {}
+        #: The same per worker and kind: a worker is judged against its own pace once known.
+        self._wlatency: dict[bytes, dict[str, float]] = {}
         self._strikes: dict[bytes, int] = {}
         self._last_strike: dict[bytes, float] = {}
         self._effects: list[Effect] = []
@@ -521,13 +564,34 @@ class VerificationCore:
 
     def known_kinds(self) -> dict[str, int]:
         """Known answers held per kind."""
-        out: dict[str, int] = {}
-        for k in self._known.values():
-            out[k.kind] = out.get(k.kind, 0) + 1
-        return out
+        return {kind: len(lst) for kind, lst in sorted(self._known_by_kind.items()) if lst}
 
     def workers(self) -> list[bytes]:
         return sorted(self._workers)
+
+    def idle_workers(self, now: float, idle_s: float, keep: Collection[bytes] = ()) -> list[bytes]:
+        """Connected workers the shell may disconnect (then call ``on_worker_down``), sorted.
+
+        A worker is idle when no copy (task or probe) is in flight on it and none was sent
+        to it, answered or failed for ``idle_s`` seconds; a banned worker with nothing in
+        flight is idle at once (it gets no copies until its ban ends). ``keep`` names the
+        workers the shell still needs (e.g. those it holds placement leases on).
+
+        Why: the connected set is the pool duplicates, probes and replacements are drawn
+        from, and a gamer that never closes the links of workers it no longer leases ends
+        up connected to every worker the coordinator ever handed it (100-160 per gamer
+        after a few simulated minutes at 1,000 peers), many of them far away or banned.
+        Reconnecting later costs a join probe (``join_probes``), as for any new link.
+        """
+        rep = self.reputation
+        cutoff = now - idle_s
+        out: list[bytes] = []
+        for w in sorted(self._workers):
+            if w in keep or self._live.get(w):
+                continue
+            if self._last_active.get(w, -math.inf) <= cutoff or rep.is_banned(w, now):
+                out.append(w)
+        return out
 
     # ------------------------------------------------------------------ workers
 
@@ -535,17 +599,24 @@ class VerificationCore:
         new = worker not in self._workers
         self._workers.add(worker)
         self._inflight.setdefault(worker, 0)
+        if new:
+            self._elig_version = -1
+            self._last_active[worker] = now
         if new and not self.reputation.is_banned(worker, now):
             for _ in range(self.config.join_probes):
                 self._probe(worker, None, now + self.config.join_probe_budget_s, now)
 
     def on_worker_down(self, worker: bytes, now: float) -> None:
         """Forget ``worker``; its copies fail here (the shell need not report them)."""
-        self._workers.discard(worker)
+        if worker in self._workers:
+            self._workers.discard(worker)
+            self._elig_version = -1
         self._strikes.pop(worker, None)
-        for key in [k for k in self._wlatency if k[0] == worker]:
-            del self._wlatency[key]
+        self._wlatency.pop(worker, None)
         self._fail_worker(worker, UnavailableError("worker went away"), now)
+        if not self._inflight.get(worker):
+            self._inflight.pop(worker, None)
+        self._last_active.pop(worker, None)
 
     def ban(self, worker: bytes, now: float, reason: str, evidence: Evidence | None = None) -> None:
         """Ban ``worker`` on outside information (e.g. gossiped evidence the shell verified)."""
@@ -562,8 +633,7 @@ class VerificationCore:
         if task.task_id in self._tasks:
             raise ValueError("task id already pending")
         try:
-            kind = self.registry.get(task.kind)
-            norm = kind.validate_params(task.params, len(task.data))
+            norm = self._normalise(task.kind, task.params, len(task.data))
         except ValidationError as exc:
             self._reject_new(task, exc)
             return
@@ -597,6 +667,23 @@ class VerificationCore:
         if self.rng.random() < c.p_probe(trust):
             self._probe(primary, task.kind, task.deadline, now)
 
+    def _normalise(self, kind: str, params: Mapping[str, Any], data_len: int) -> dict[str, Any]:
+        """``registry.get(kind).validate_params(params, data_len)``, memoised (a copy each
+        time). Values are keyed with their type, so ``1``, ``1.0`` and ``True`` stay apart;
+        parameters that cannot be hashed are validated every time."""
+        try:
+            key: tuple[Any, ...] | None = (kind, data_len, *((k, type(v), v) for k, v in params.items()))
+            norm = self._norms.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable value: validate (and most likely refuse) it
+            key, norm = None, None
+        if norm is None:
+            norm = self.registry.get(kind).validate_params(params, data_len)
+            if key is not None:
+                if len(self._norms) >= 256:
+                    self._norms.clear()
+                self._norms[key] = norm
+        return dict(norm)
+
     def on_result(
         self,
         wire_id: bytes,
@@ -613,6 +700,8 @@ class VerificationCore:
             self.stats.late += 1
             return
         self._retire(copy)
+        if worker in self._last_active:
+            self._last_active[worker] = now
         if self.reputation.is_banned(worker, now):
             self._copy_failed(copy, VerificationError("worker is banned"), now)
             return
@@ -649,6 +738,8 @@ class VerificationCore:
             self.stats.late += 1
             return
         self._retire(copy)
+        if worker in self._last_active:
+            self._last_active[worker] = now
         if isinstance(error, VerificationError):
             self.reputation.ban(worker, now)
             self.stats.bans += 1
@@ -753,35 +844,110 @@ class VerificationCore:
         if len(data) + len(output) > c.known_answer_max_bytes or c.known_answers <= 0:
             return False
         try:
-            norm = self.registry.get(kind).validate_params(params, len(data))
+            norm = self._normalise(kind, params, len(data))
         except ValidationError:
             return False
         p = dict(params)
         key = (kind, wire.params_digest(p), wire.digest(data))
         if key in self._known:
             return False
-        self._known[key] = _Known(kind, p, norm, data, output, wire.digest(output), reference, workers)
+        known = _Known(kind, p, norm, data, output, wire.digest(output), reference, workers)
+        self._known[key] = known
         self._known_bytes += len(data) + len(output)
+        known.pos_all = len(self._known_all)
+        self._known_all.append(known)
+        same = self._known_by_kind.setdefault(kind, [])
+        known.pos_kind = len(same)
+        same.append(known)
         while len(self._known) > c.known_answers or self._known_bytes > c.known_answers_total_bytes:
             _, old = self._known.popitem(last=False)
             self._known_bytes -= len(old.data) + len(old.output)
+            self._unindex_known(old)
         return True
+
+    def _unindex_known(self, known: _Known) -> None:
+        """Drop an evicted answer from the probe indexes (swap with the last, O(1))."""
+        lst = self._known_all
+        last = lst.pop()
+        if last is not known:
+            lst[known.pos_all] = last
+            last.pos_all = known.pos_all
+        same = self._known_by_kind[known.kind]
+        last = same.pop()
+        if last is not known:
+            same[known.pos_kind] = last
+            last.pos_kind = known.pos_kind
+        if not same:
+            del self._known_by_kind[known.kind]
 
     # ------------------------------------------------------------------ placement
 
-    def _eligible(self, now: float, exclude: set[bytes]) -> list[bytes]:
-        rep = self.reputation
-        return [w for w in sorted(self._workers) if w not in exclude and not rep.is_banned(w, now)]
+    def _eligible(self, now: float) -> list[bytes]:
+        """Connected, unbanned workers in sorted order (do not modify the list).
+
+        Kept between calls instead of asking the reputation about every connected worker
+        for every copy: bans are events (``Reputation.ban_version``) and their ends are
+        times, so the list is rebuilt only when a ban starts, the connected set changes or
+        the earliest ban of a connected worker ends."""
+        if self._elig_version != self.reputation.ban_version or not self._elig_from <= now < self._elig_until:
+            rep = self.reputation
+            elig: list[bytes] = []
+            until = math.inf
+            for w in sorted(self._workers):
+                end = rep.ban_end(w)
+                if end > now:
+                    until = min(until, end)
+                else:
+                    elig.append(w)
+            self._elig = elig
+            self._elig_set = frozenset(elig)
+            self._elig_version = rep.ban_version
+            self._elig_from = now
+            self._elig_until = until
+        return self._elig
+
+    def _eligible_besides(self, now: float, taken: set[bytes]) -> bool:
+        """Whether an eligible worker exists outside ``taken``."""
+        elig = self._eligible(now)
+        return len(elig) > sum(1 for w in taken if w in self._elig_set)
+
+    def _sample(self, now: float, taken: set[bytes]) -> list[bytes]:
+        """Eligible workers outside ``taken``: all of them up to ``placement_sample``, else
+        that many consecutive ones in peer-id order from a seeded random offset (wrapping
+        around), so that the weighted choice that follows costs O(sample) however many
+        workers are connected. Peer ids are key hashes, so id order says nothing about a
+        worker and each one is in the window with the same probability."""
+        elig = self._eligible(now)
+        n = len(elig)
+        k = self.config.placement_sample
+        if n > k > 0:
+            i = self.rng.randrange(n)
+            window = elig[i : i + k] if i + k <= n else elig[i:] + elig[: i + k - n]
+            cands = [w for w in window if w not in taken]
+            if cands:
+                return cands
+        return [w for w in elig if w not in taken]
+
+    def _in_flight_if_eligible(self, worker: bytes) -> int | None:
+        """``lease_placer``'s view of a worker (the eligible set is current while it runs)."""
+        return self._inflight.get(worker, 0) if worker in self._elig_set else None
 
     def _pick_primary(self, kind: str, now: float) -> bytes | None:
         c = self.config
-        cands = self._eligible(now, set())
-        if not cands:
+        elig = self._eligible(now)
+        if not elig:
             return None
-        if self.placer is not None:
-            chosen = self.placer(kind, [(w, self._inflight.get(w, 0)) for w in cands])
-            if chosen in cands:
+        if self.lease_placer is not None:
+            chosen = self.lease_placer(kind, self._in_flight_if_eligible)
+            if chosen is not None and chosen in self._elig_set:
                 return chosen
+        elif self.placer is not None:
+            chosen = self.placer(
+                kind, list(zip(elig, map(self._inflight.get, elig, itertools.repeat(0)), strict=True))
+            )
+            if chosen is not None and chosen in self._elig_set:
+                return chosen
+        cands = self._sample(now, set())
         weights = [
             (c.primary_trust_floor + self.reputation.trust(w, now)) / (1 + self._inflight.get(w, 0))
             for w in cands
@@ -789,16 +955,52 @@ class VerificationCore:
         return self.rng.choices(cands, weights=weights)[0]
 
     def _pick_partner(self, t: _Task, now: float) -> bytes | None:
+        """A worker for another copy of ``t``: weight (floor + trust)**bias / (1 + copies in
+        flight), drawn from a sample of the eligible workers not holding a copy yet.
+
+        Latency counts too (the simulator sent two thirds of frame duplicates to another
+        region: partners were picked by trust alone among every connected worker): with an
+        expected answer time ``est`` (the worker's own measured latency for the kind, else
+        the shell's ``rtt_estimate``), a worker that cannot answer within the time left is
+        dropped while any other can, and the rest are weighted by ``left / (left + est)``."""
         c = self.config
-        cands = self._eligible(now, {cp.worker for cp in t.copies})
+        cands = self._sample(now, {cp.worker for cp in t.copies})
         if not cands:
             return None
-        weights = [
-            (c.partner_trust_floor + self.reputation.trust(w, now)) ** c.partner_trust_bias
-            / (1 + self._inflight.get(w, 0))
-            for w in cands
-        ]
+        rep = self.reputation
+        inflight = self._inflight
+        left = t.task.deadline - now
+        kind = t.task.kind
+        weights: list[float] = []
+        timely: list[bytes] = []
+        timely_w: list[float] = []
+        for w in cands:
+            wt = (c.partner_trust_floor + rep.trust(w, now)) ** c.partner_trust_bias / (
+                1 + inflight.get(w, 0)
+            )
+            weights.append(wt)
+            est = self._expected_latency(w, kind)
+            if est is None:
+                timely.append(w)
+                timely_w.append(wt)
+            elif est < left:
+                timely.append(w)
+                timely_w.append(wt * left / (left + est))
+        if timely:  # without any latency known this is exactly the trust-weighted choice
+            return self.rng.choices(timely, weights=timely_w)[0]
         return self.rng.choices(cands, weights=weights)[0]
+
+    def _expected_latency(self, worker: bytes, kind: str) -> float | None:
+        """How long a copy sent to ``worker`` now should take: its measured latency for
+        ``kind`` when known, else the shell's round-trip estimate, else unknown."""
+        own = self._wlatency.get(worker)
+        if own is not None:
+            est = own.get(kind)
+            if est is not None:
+                return est
+        if self.rtt_estimate is not None:
+            return self.rtt_estimate(worker)
+        return None
 
     def _new_wire_id(self) -> bytes:
         while True:
@@ -820,7 +1022,8 @@ class VerificationCore:
         c = self.config
         if not c.hedge:
             return math.inf
-        est = self._wlatency.get((worker, kind)) if worker is not None else None
+        own = self._wlatency.get(worker) if worker is not None else None
+        est = own.get(kind) if own is not None else None
         if est is None:
             est = self._latency.get(kind)
         delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
@@ -831,8 +1034,15 @@ class VerificationCore:
 
     def _track(self, copy: _Copy, now: float) -> None:
         self._copies[copy.wire_id] = copy
-        ahead = self._inflight.get(copy.worker, 0)
-        self._inflight[copy.worker] = ahead + 1
+        worker = copy.worker
+        ahead = self._inflight.get(worker, 0)
+        self._inflight[worker] = ahead + 1
+        live = self._live.get(worker)
+        if live is None:
+            live = self._live[worker] = {}
+        live[copy.wire_id] = None
+        if worker in self._workers:
+            self._last_active[worker] = now
         copy.sent_at = now
         kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
         copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker)
@@ -848,12 +1058,33 @@ class VerificationCore:
         tk = t.task
         self._emit(SendTo(worker, wid, tk.kind, tk.params, tk.data, tk.deadline, role, tk.task_id))
 
+    #: Up to this many known answers a probe's choice scans them all (exactly uniform over
+    #: those ``worker`` did not compute); above, it draws at random, a few times at most.
+    _PROBE_SCAN = 32
+    _PROBE_DRAWS = 4
+
+    def _pick_known(self, worker: bytes, kind: str | None) -> _Known | None:
+        """A known answer (of ``kind``, or any) for a probe of ``worker``, preferably one it
+        did not compute."""
+        same = self._known_all if kind is None else self._known_by_kind.get(kind, [])
+        if len(self._known) <= self._PROBE_SCAN:
+            # Insertion order, as the store keeps it (the indexes are reordered by evictions).
+            small = [k for k in self._known.values() if kind is None or k.kind == kind]
+            pool = [k for k in small if worker not in k.workers] or small
+            return pool[self.rng.randrange(len(pool))] if pool else None
+        if not same:
+            return None
+        known = same[0]
+        for _ in range(self._PROBE_DRAWS):
+            known = same[self.rng.randrange(len(same))]
+            if worker not in known.workers:
+                break
+        return known
+
     def _probe(self, worker: bytes, kind: str | None, deadline: float, now: float) -> None:
-        same = [k for k in self._known.values() if kind is None or k.kind == kind]
-        pool = [k for k in same if worker not in k.workers] or same
-        if not pool:
+        known = self._pick_known(worker, kind)
+        if known is None:
             return
-        known = pool[self.rng.randrange(len(pool))]
         wid = self._new_wire_id()
         copy = _Copy(wid, worker, deadline, None, known=known)
         self._track(copy, now)
@@ -865,6 +1096,11 @@ class VerificationCore:
         if copy.live:
             copy.live = False
             self._uncount(copy)
+            live = self._live.get(copy.worker)
+            if live is not None:
+                live.pop(copy.wire_id, None)
+                if not live:
+                    del self._live[copy.worker]
 
     def _uncount(self, copy: _Copy) -> None:
         if copy.counted:
@@ -882,17 +1118,21 @@ class VerificationCore:
             lat = min(lat, copy.hedge_at - copy.sent_at)
         old = self._latency.get(kind)
         self._latency[kind] = lat if old is None else 0.8 * old + 0.2 * lat
-        key = (copy.worker, kind)
-        old = self._wlatency.get(key)
-        self._wlatency[key] = lat if old is None else 0.8 * old + 0.2 * lat
+        own = self._wlatency.get(copy.worker)
+        if own is None:
+            if copy.worker not in self._workers:
+                own = {}  # answered after its link went down: nothing kept for it
+            else:
+                own = self._wlatency[copy.worker] = {}
+        old = own.get(kind)
+        own[kind] = lat if old is None else 0.8 * old + 0.2 * lat
         if now <= copy.hedge_at:
             self._strikes.pop(copy.worker, None)
             self._last_strike.pop(copy.worker, None)
 
     def _hedge(self, copy: _Copy, now: float) -> None:
         """``copy`` is still unanswered at its hedge time."""
-        others = self._eligible(now, {copy.worker})
-        if not others:
+        if not self._eligible_besides(now, {copy.worker}):
             return  # the only worker: waiting is all there is
         self._uncount(copy)
         strikes = self._strikes.get(copy.worker, 0)
@@ -1013,7 +1253,7 @@ class VerificationCore:
             if (
                 len(t.groups) == 1
                 and self.config.allow_unconfirmed
-                and not self._eligible(now, {cp.worker for cp in t.copies})
+                and not self._eligible_besides(now, {cp.worker for cp in t.copies})
             ):
                 # Nobody else to ask: resolve on the self-check alone, at lower assurance.
                 self.stats.unconfirmed += 1
@@ -1030,8 +1270,12 @@ class VerificationCore:
                 )
 
     def _drop_banned(self, t: _Task, now: float) -> None:
-        """Forget answers from workers banned since they answered."""
+        """Forget answers from workers banned since they answered (an answer from a banned
+        worker is refused on arrival, so only a ban started since the last look can apply)."""
         rep = self.reputation
+        if t.ban_seen == rep.ban_version:
+            return
+        t.ban_seen = rep.ban_version
         if not any(rep.is_banned(a.copy.worker, now) for a in t.answers):
             return
         t.answers = [a for a in t.answers if not rep.is_banned(a.copy.worker, now)]
@@ -1124,7 +1368,7 @@ class VerificationCore:
     # ------------------------------------------------------------------ failures and endings
 
     def _fail_worker(self, worker: bytes, error: P2C2RError, now: float) -> None:
-        for wid in sorted(self._copies):
+        for wid in sorted(self._live.get(worker, ())):
             copy = self._copies.get(wid)
             if copy is not None and copy.worker == worker and copy.live:
                 self._retire(copy)
@@ -1169,8 +1413,9 @@ class VerificationCore:
                 self._retire(copy)
                 self._emit(Cancel(copy.worker, copy.wire_id))
             self._copies.pop(copy.wire_id, None)
-        for cid in [cid for cid, chk in self._checks.items() if chk.task is t]:
-            del self._checks[cid]
+        if t.checks:
+            for cid in [cid for cid, chk in self._checks.items() if chk.task is t]:
+                del self._checks[cid]
 
     def _emit(self, eff: Effect) -> None:
         self._effects.append(eff)

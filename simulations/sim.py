@@ -75,6 +75,7 @@ from mesh.membership import (
     PeerJoined,
     PeerSuspected,
 )
+from mesh.vivaldi import estimate_rtt
 from nodes.reputation import Evidence, Reputation, ReputationConfig, ReputationTrust
 from nodes.scheduler import (
     LeaseGranted,
@@ -127,6 +128,10 @@ HB_REENCODE_EVERY = 64
 BATCH_PRIORITY = 2
 #: A gamer notices a worker that vanished without a goodbye (its link times out) after this.
 LINK_DEAD_S = 5.0
+#: The gamer closes links to workers it holds no lease on and has had nothing in flight on
+#: for this long (``VerificationCore.idle_workers``), checking every ``IDLE_CHECK_S``.
+IDLE_LINK_S = 10.0
+IDLE_CHECK_S = 5.0
 
 
 @dataclass
@@ -307,10 +312,15 @@ class _Gamer:
         self.anchored: dict[str, int] = {}
         self.lanes: list[_Lane] = []
         self.svc_last: dict[int, float] = {}
-        core.placer = self.place
+        core.lease_placer = self.place
 
-    def place(self, kind: str, candidates: list[tuple[bytes, int]]) -> bytes | None:
+    def place(self, kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
+        """The SDK's placer: the worker the lane being submitted holds a lease on."""
         return self.cur
+
+    def leased(self) -> set[int]:
+        """Workers this gamer's lanes hold leases on (links the gamer keeps open)."""
+        return {lane.worker for lane in self.lanes if lane.worker >= 0}
 
 
 @dataclass
@@ -534,6 +544,9 @@ class Simulation:
                 loop.schedule(self.w.streams[st.index].phase_s, self._frame, st)
         for ev in self.scn.events:
             loop.schedule(ev.at_s, self._event, ev)
+        if not self.no_core:
+            for g in self.gamers:
+                loop.schedule(IDLE_CHECK_S * (1.0 + g.index / max(1, len(self.gamers))), self._idle_tick, g)
         for part in self.scn.network.partitions:
             loop.schedule(part.start_s, self._partition_start, part)
         loop.run_until(self.scn.duration_s)
@@ -873,11 +886,11 @@ class Simulation:
         d = sched.next_deadline()
         if d is not None and d < c.tick_at:
             c.tick_at = d
-            self.loop.schedule(d, self._sched_tick, c)
+            self.loop.schedule(d, self._sched_tick, c, d)
 
-    def _sched_tick(self, c: _Coordinator) -> None:
-        if not c.alive:
-            return
+    def _sched_tick(self, c: _Coordinator, at: float) -> None:
+        if not c.alive or at != c.tick_at:
+            return  # dead, or superseded by an earlier tick (which scheduled the next one)
         c.tick_at = math.inf
         c.scheduler.on_tick(self.loop.now)
         self._sched_touch(c)
@@ -911,7 +924,8 @@ class Simulation:
                     continue
                 d = self.net.control_delay(c.peer, c2.peer)
                 if d is not None:
-                    self.loop.schedule(now + d, self._submit_arrive, c2, eff.request, ())
+                    fwd = replace(eff.request, forwarded=True)  # one hop: never bounced back
+                    self.loop.schedule(now + d, self._submit_arrive, c2, fwd, ())
 
     def _summary_tick(self, c: _Coordinator) -> None:
         if not c.alive:
@@ -1274,6 +1288,7 @@ class Simulation:
             core = VerificationCore(
                 self.registry, rep, random.Random(concern_seed(self.w.seed, "verify", gi)), self.vconf
             )
+            core.rtt_estimate = self._rtt_estimate(node)
             self.gamers.append(_Gamer(gi, node, self.w.region_of[node], core, rep))
         for st in self.streams:
             self.gamers[st.gamer - self.n_peers].lanes.extend(st.lanes)
@@ -1292,6 +1307,39 @@ class Simulation:
 
     def _gamer_of(self, st: _Stream) -> _Gamer:
         return self.gamers[st.gamer - self.n_peers]
+
+    def _rtt_estimate(self, node: int) -> Callable[[bytes], float | None]:
+        """The gamer's round-trip estimate to a worker: the Vivaldi distance between their
+        coordinates (what the gamer can know without measuring; the true RTT differs)."""
+        coords = self.w.coords
+        here = coords[node]
+        index = self.wb_index
+
+        def rtt(worker: bytes) -> float | None:
+            w = index.get(worker)
+            return None if w is None else estimate_rtt(coords[w], here)
+
+        return rtt
+
+    def _idle_tick(self, g: _Gamer) -> None:
+        """Close the links the gamer's core reports idle (``VerificationCore.idle_workers``),
+        as the SDK's shell would: the worker is forgotten (``on_worker_down``) and connected
+        again if a later lease names it."""
+        now = self.loop.now
+        keep = {self.wb[w] for w in g.leased()}
+        idle = g.core.idle_workers(now, IDLE_LINK_S, keep)
+        for wb in idle:
+            w = self.wb_index[wb]
+            g.conn.pop(w, None)
+            links = self.links_of.get(w)
+            if links is not None:
+                links.pop(g, None)
+            g.core.on_worker_down(wb, now)
+        if idle:
+            self._count("links_closed_idle", len(idle))
+            self._drain(g)
+        if now + IDLE_CHECK_S < self.scn.duration_s:
+            self.loop.schedule(now + IDLE_CHECK_S, self._idle_tick, g)
 
     def _connect(self, g: _Gamer, w: int) -> None:
         """The gamer opens a link to worker ``w`` (``GamerClient.add_worker``)."""

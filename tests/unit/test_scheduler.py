@@ -108,6 +108,24 @@ def test_overflow_to_nearest_neighbour_with_room_and_ignores_stale_summaries() -
     assert summary.region == "eu" and summary.free_for("upscale") in (0, 1)
 
 
+def test_a_forwarded_request_is_refused_not_overflowed_again() -> None:
+    # Both regions look free to each other by their summaries but have no room this gamer
+    # can use (here: the only worker is taken): a request overflowed once must not bounce
+    # back and forth between them until its deadline.
+    s = Scheduler(random.Random(0), SchedulerConfig(max_queue_wait_s=0.25, lease_s=100.0), region="us")
+    s.on_worker("w", {"upscale": 1}, 0.0)
+    s.submit(req("hold", deadline=60.0), 0.0)
+    s.on_region_summary(RegionSummary("eu", "c-eu", (("upscale", 5),), Coord(0.01, 0, 0)), 0.0)
+    s.poll_effects()
+    s.submit(req("fresh", deadline=60.0), 0.0)
+    s.submit(req("fwd", deadline=60.0, forwarded=True), 0.0)
+    s.on_tick(0.3)
+    effs = s.poll_effects()
+    assert [type(e).__name__ for e in effs] == ["OverflowToRegion", "PlacementRefused"]
+    assert isinstance(effs[1], PlacementRefused) and effs[1].request_id == "fwd"
+    assert effs[1].error_type is RejectedError and "already overflowed" in effs[1].reason
+
+
 def test_learned_history_steers_away_from_slow_worker() -> None:
     s = Scheduler(random.Random(0), SchedulerConfig(lease_s=0.01))
     for w in ("fast", "slow"):

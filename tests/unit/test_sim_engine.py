@@ -47,8 +47,8 @@ def test_shipped_scenarios_parse_and_name_all_policies() -> None:
     assert len(files) >= 3
     for f in files:
         scn = load_scenario(f)
-        # every comparison scenario runs all policies; the fidelity one only the default
-        assert scn.policies == (("predicted",) if scn.name == "fidelity" else ALL_POLICIES)
+        # every comparison scenario runs all policies; the fidelity ones only the default
+        assert scn.policies == (("predicted",) if scn.name.startswith("fidelity") else ALL_POLICIES)
         assert len(scn.network.rtt_ms) == len(scn.network.regions)
 
 
