@@ -427,26 +427,48 @@ class _Answer:
     recomputed: bool | None = None
 
 
-@dataclass(eq=False, slots=True)
 class _Task:
-    task: Task
-    norm: dict[str, Any]
-    need: int
-    copies: list[_Copy] = field(default_factory=list)
-    answers: list[_Answer] = field(default_factory=list)
-    groups: list[list[_Answer]] = field(default_factory=list)
-    queue: deque[_Answer] = field(default_factory=deque)
-    comparing: tuple[_Answer, int] | None = None
-    checks: int = 0
-    recomputing: int = 0
-    invalid_from: set[bytes] = field(default_factory=set)
-    last_error: P2C2RError | None = None
-    failures: int = 0
-    #: Copies that failed or were hedged and still owe a replacement.
-    owed: int = 0
-    done: bool = False
-    #: The reputation's ``ban_version`` when the answers were last checked for bans.
-    ban_seen: int = -1
+    """A user task in flight (a plain slotted class: one is made per task, and a dataclass's
+    default factories cost more than the literals here)."""
+
+    __slots__ = (
+        "answers",
+        "ban_seen",
+        "checks",
+        "comparing",
+        "copies",
+        "done",
+        "failures",
+        "groups",
+        "invalid_from",
+        "last_error",
+        "need",
+        "norm",
+        "owed",
+        "queue",
+        "recomputing",
+        "task",
+    )
+
+    def __init__(self, task: Task, norm: dict[str, Any], need: int, ban_seen: int = -1) -> None:
+        self.task = task
+        self.norm = norm
+        self.need = need
+        self.copies: list[_Copy] = []
+        self.answers: list[_Answer] = []
+        self.groups: list[list[_Answer]] = []
+        self.queue: deque[_Answer] = deque()
+        self.comparing: tuple[_Answer, int] | None = None
+        self.checks = 0
+        self.recomputing = 0
+        self.invalid_from: set[bytes] = set()
+        self.last_error: P2C2RError | None = None
+        self.failures = 0
+        #: Copies that failed or were hedged and still owe a replacement.
+        self.owed = 0
+        self.done = False
+        #: The reputation's ``ban_version`` when the answers were last checked for bans.
+        self.ban_seen = ban_seen
 
     def in_flight(self) -> int:
         return sum(1 for c in self.copies if c.live)
@@ -652,7 +674,7 @@ class VerificationCore:
         rec = self.reputation.record(primary)
         if (rec.verified if rec is not None else 0) < c.dup_until_verified:
             need = 2
-        t = _Task(task, norm, need)
+        t = _Task(task, norm, need, self.reputation.ban_version)  # no answers to check yet
         self._tasks[task.task_id] = t
         heapq.heappush(self._deadlines, (task.deadline, next(self._seq), "task", task.task_id))
         self._send(t, primary, Role.PRIMARY, now)
@@ -671,8 +693,13 @@ class VerificationCore:
         """``registry.get(kind).validate_params(params, data_len)``, memoised (a copy each
         time). Values are keyed with their type, so ``1``, ``1.0`` and ``True`` stay apart;
         parameters that cannot be hashed are validated every time."""
+        key: tuple[Any, ...] | None = (
+            kind,
+            data_len,
+            tuple(params.items()),
+            tuple(map(type, params.values())),
+        )
         try:
-            key: tuple[Any, ...] | None = (kind, data_len, *((k, type(v), v) for k, v in params.items()))
             norm = self._norms.get(key)  # type: ignore[arg-type]
         except TypeError:  # an unhashable value: validate (and most likely refuse) it
             key, norm = None, None
