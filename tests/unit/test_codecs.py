@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,6 +139,71 @@ def test_jpeg_planes_are_the_rgb_decode_without_its_colour_conversion(photo: np.
     rgb = decode_image(data)
     diff = np.abs(_ycbcr_to_rgb(*planes).astype(int) - rgb.astype(int))
     assert diff.max() <= 2 and psnr(_ycbcr_to_rgb(*planes), rgb) > 50
+
+
+def _pillow_jpeg(img: np.ndarray, **save: object) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _exif() -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "p2c2r"  # Make
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda im: encode_image(im, "jpeg", 90),  # simplejpeg, JFIF, 4:2:0
+        lambda im: _pillow_jpeg(im, subsampling=0),  # 4:4:4
+        lambda im: _pillow_jpeg(im, progressive=True),
+        lambda im: _pillow_jpeg(im, exif=_exif()),
+    ],
+    ids=["simplejpeg-420", "pillow-444", "progressive", "exif"],
+)
+def test_fast_planar_decode_gives_pillows_planes(make: Any) -> None:
+    from tasks import codecs
+
+    img = sample_photo(np.random.default_rng(5), 77, 51)  # odd sizes
+    data = make(img)
+    fast = codecs._decode_untransformed(data, 51, 77)
+    slow = codecs._decode_planes_pillow(data, 51, 77)
+    assert fast is not None and slow is not None  # the fast path takes all of these
+    for f, p in zip(fast, slow, strict=True):
+        assert f.shape == p.shape == (51, 77) and np.array_equal(f, p)
+    planes = decode_jpeg_planes(data)
+    assert planes is not None and all(np.array_equal(a, b) for a, b in zip(planes, fast, strict=True))
+
+
+def test_fast_planar_decode_leaves_other_jpegs_to_pillow(photo: np.ndarray) -> None:
+    from tasks import codecs
+
+    data = encode_image(photo, "jpeg", 90)
+    h, w = photo.shape[:2]
+    # A JPEG whose header says its components are R, G, B has no YCbCr planes to give
+    # (libjpeg does not convert RGB to YCbCr): None, the caller decodes it to RGB.
+    rgb_coded = codecs._untransformed_jpeg(data)
+    assert rgb_coded is not None and decode_jpeg_planes(rgb_coded) is None
+    assert decode_image(rgb_coded).shape == photo.shape
+    # a YCbCr JPEG whose header the fast path does not walk: Pillow gives the same planes
+    padded = data[:2] + b"\xff" + data[2:]  # a fill byte before the first marker
+    assert codecs._decode_untransformed(padded, h, w) is None
+    slow = decode_jpeg_planes(padded)
+    fast = decode_jpeg_planes(data)
+    assert slow is not None and fast is not None
+    assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
+    # headers the small parser does not walk (fill bytes, a bad length) go to Pillow
+    assert codecs._untransformed_jpeg(data[:2] + b"\xff" + data[2:]) is None
+    assert codecs._untransformed_jpeg(data[:2] + b"\xff\xfe\x00\x01" + data[2:]) is None
+    assert codecs._untransformed_jpeg(data[:2] + b"\xff\xe1\x00\x10") is None  # cut short
 
 
 def test_jpeg_planes_round_trip_and_refusals(photo: np.ndarray) -> None:
