@@ -239,7 +239,10 @@ class QualityController:
     exceeds ``down_at`` of the budget, and steps up only after ``up_after`` consecutive
     frames at the current level below ``up_at`` of the budget *and* when the better
     level's own last estimate (if any) fits; a better level known to be slow is probed
-    again only after ``probe_after`` such frames (conditions change: peers join).
+    again only after ``probe_after`` such frames (conditions change: peers join). A probe
+    that steps back down before ``up_after`` frames at the probed level doubles that level's
+    wait, up to ``max_probe_after`` frames; one that holds resets it (each probe of a level
+    that stays too slow costs a few late frames: every 3 s at 30 fps without the back-off).
 
     After a step down, the first ``frames_in_flight - 1`` frames answered at the new level
     are not counted: they were sent while frames of the slower level were still ahead of
@@ -256,11 +259,15 @@ class QualityController:
     up_at: float = 0.6
     up_after: int = 30
     probe_after: int = 90
+    max_probe_after: int = 720
     alpha: float = 0.2
     level: int = 0
     _ewma: dict[int, float] = field(default_factory=dict)
     _good_streak: int = 0
     _settle: int = 0
+    _probe_wait: dict[int, int] = field(default_factory=dict)
+    _probing: int | None = None
+    _probe_frames: int = 0
     changes: int = 0
 
     @property
@@ -286,7 +293,16 @@ class QualityController:
         if lvl != self.level:
             return self.current
         smoothed = self._ewma[lvl]
+        if self._probing == self.level:
+            self._probe_frames += 1
+            if self._probe_frames >= self.up_after:  # the probed level holds
+                self._probe_wait.pop(self.level, None)
+                self._probing = None
         if smoothed > self.down_at * self.budget_s and self.level < len(self.levels) - 1:
+            if self._probing == self.level:  # a probe that did not hold: wait longer next time
+                wait = self._probe_wait.get(self.level, self.probe_after)
+                self._probe_wait[self.level] = min(2 * wait, self.max_probe_after)
+            self._probing = None
             self.level += 1
             self.changes += 1
             self._good_streak = 0
@@ -295,10 +311,13 @@ class QualityController:
             self._good_streak += 1
             better = self._ewma.get(self.level - 1)
             fits = better is None or better < self.down_at * self.budget_s
-            if (self._good_streak >= self.up_after and fits) or self._good_streak >= self.probe_after:
+            earned = self._good_streak >= self.up_after and fits
+            if earned or self._good_streak >= self._probe_wait.get(self.level - 1, self.probe_after):
                 self.level -= 1
                 self.changes += 1
                 self._good_streak = 0
+                self._probing = None if earned else self.level
+                self._probe_frames = 0
                 # Forget the stale estimate so one bad old sample does not bounce us back.
                 self._ewma.pop(self.level, None)
         else:

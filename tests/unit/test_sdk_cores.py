@@ -133,3 +133,32 @@ def test_quality_ignores_frames_queued_behind_the_previous_level() -> None:
     one.observe(one.budget_s * 2.0)
     one.observe(one.budget_s * 2.0)
     assert one.level == 2
+
+
+def test_quality_backs_off_probes_of_a_level_that_stays_slow() -> None:
+    q = QualityController(target_fps=30, up_after=5, probe_after=20, max_probe_after=80)
+    slow, fast = q.budget_s * 2.0, q.budget_s * 0.3
+    q.observe(slow)  # level 0 too slow -> 1
+    waits = []
+    for _ in range(5):
+        n = 0
+        while q.level == 1:
+            q.observe(fast)
+            n += 1
+        waits.append(n)  # frames at level 1 before it probed level 0
+        q.observe(slow)  # the probe fails at once
+        assert q.level == 1
+    assert waits == [20, 40, 80, 80, 80]
+    # a probe that holds resets the wait
+    while q.level == 1:
+        q.observe(fast)
+    for _ in range(5):
+        q.observe(fast)  # level 0 now holds for up_after frames
+    assert q.level == 0
+    while q.level == 0:
+        q.observe(slow)  # later it slows down again: level 1, and the next probe after 20
+    n = 0
+    while q.level == 1:
+        q.observe(fast)
+        n += 1
+    assert n == 20
