@@ -89,6 +89,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 import itertools
@@ -994,19 +995,24 @@ class VerificationCore:
         cands = self._sample(now, {cp.worker for cp in t.copies})
         if not cands:
             return None
-        rep = self.reputation
+        trust = self.reputation.trust
         inflight = self._inflight
+        wlatency = self._wlatency
+        rtt = self.rtt_estimate
         left = t.task.deadline - now
         kind = t.task.kind
+        floor, bias = c.partner_trust_floor, c.partner_trust_bias
         weights: list[float] = []
         timely: list[bytes] = []
         timely_w: list[float] = []
         for w in cands:
-            wt = (c.partner_trust_floor + rep.trust(w, now)) ** c.partner_trust_bias / (
-                1 + inflight.get(w, 0)
-            )
+            wt = (floor + trust(w, now)) ** bias / (1 + inflight.get(w, 0))
             weights.append(wt)
-            est = self._expected_latency(w, kind)
+            # ``_expected_latency``, inlined: this loop runs for every duplicate.
+            own = wlatency.get(w)
+            est = own.get(kind) if own is not None else None
+            if est is None and rtt is not None:
+                est = rtt(w)
             if est is None:
                 timely.append(w)
                 timely_w.append(wt)
@@ -1014,8 +1020,8 @@ class VerificationCore:
                 timely.append(w)
                 timely_w.append(wt * left / (left + est))
         if timely:  # without any latency known this is exactly the trust-weighted choice
-            return self.rng.choices(timely, weights=timely_w)[0]
-        return self.rng.choices(cands, weights=weights)[0]
+            return _weighted_choice(self.rng, timely, timely_w)
+        return _weighted_choice(self.rng, cands, weights)
 
     def _expected_latency(self, worker: bytes, kind: str) -> float | None:
         """How long a copy sent to ``worker`` now should take: its measured latency for
@@ -1449,6 +1455,13 @@ class VerificationCore:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _weighted_choice(rng: random.Random, items: list[bytes], weights: list[float]) -> bytes:
+    """``rng.choices(items, weights=weights)[0]`` without its argument handling: the same
+    single ``random()`` draw and the same bisection, so the same pick."""
+    cum = list(itertools.accumulate(weights))
+    return items[bisect.bisect(cum, rng.random() * (cum[-1] + 0.0), 0, len(items) - 1)]
 
 
 def run_check(registry: Registry, eff: RunCheck) -> bool:
