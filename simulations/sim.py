@@ -30,7 +30,12 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
       region's other gamers and its coordinator node, whose scheduler consults that node's
       ``Reputation`` through ``ReputationTrust`` (a banned worker gets no lease);
     * heartbeats due in one tenth of an interval in one region travel as one event (each one
-      still dropped by loss or partition on its own); load reports are counted in bytes.
+      still dropped by loss or partition on its own); load reports are counted in bytes;
+    * each gamer closes, every ``IDLE_CHECK_S``, the links its core reports idle
+      (``VerificationCore.idle_workers``: nothing in flight for ``IDLE_LINK_S``, no lease held
+      on the worker), and gives its core a round-trip estimate per worker (the Vivaldi
+      distance, ``VerificationCore.rtt_estimate``) so duplicates stay near; a forwarded lease
+      request is marked so and never forwarded again (``PlacementRequest.forwarded``).
 
 Determinism: one event heap ordered by (time, seq); every random draw comes from a generator
 seeded by (seed, concern); no set of peers is ever iterated unsorted.
