@@ -57,6 +57,7 @@ the mesh control plane plugs in through ``add_worker``, ``set_placement`` and
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import logging
@@ -65,7 +66,7 @@ import os
 import random
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -390,6 +391,8 @@ class _WorkerLink:
     #: Turned off after a failure: payloads take the stream both ways (the tokens stay,
     #: to read and unlink outputs already on their way).
     shm_off: bool = False
+    #: Closed on purpose (idle): the stream is closed, not reset, and never re-dialled.
+    closing: bool = False
 
     @property
     def name(self) -> str:
@@ -541,6 +544,26 @@ class GamerClient:
 
     def workers(self) -> list[bytes]:
         return [link.peer for link in self._links if link.alive]
+
+    def close_idle_links(self, idle_s: float, keep: Collection[bytes] = ()) -> list[bytes]:
+        """Close the links to connected workers the policy has not used for ``idle_s``
+        seconds (``VerificationCore.idle_workers``), except those in ``keep`` (the mesh
+        client passes the workers it holds leases on); returns the workers closed.
+
+        Why: duplicates, probes and replacements are drawn from the connected set, and a
+        gamer on the mesh is handed new workers by every lease; without this it ends up
+        connected to every worker it was ever leased (the simulator counted 100-160 per
+        gamer after a few minutes at 1,000 peers), many far away or banned, each a stream,
+        a task on both sides and a pool entry. A closed worker is not re-dialled; a later
+        lease connects it again (paying a join probe, as any new link does)."""
+        idle = self._core.idle_workers(trio.current_time(), idle_s, keep)
+        for peer in idle:
+            link = self._by_peer.get(peer)
+            if link is not None and link.alive:
+                link.addr = None  # closed on purpose: no reconnect
+                link.closing = True
+                link.send.close()  # the writer ends, then _run_link closes the stream
+        return idle
 
     def same_host(self, peer: bytes) -> bool:
         """Whether payloads to ``peer`` go through shared memory (its hello succeeded)."""
@@ -1239,6 +1262,12 @@ class GamerClient:
         link.send.close()
         if self._by_peer.get(link.peer) is link:
             del self._by_peer[link.peer]
+        if link in self._links:
+            self._links.remove(link)
+        if link.closing:
+            why = "idle, closed"
+            with trio.move_on_after(1.0), contextlib.suppress(P2C2RError):
+                await link.stream.close()
         log.info("lost worker %s: %s", link.name, why)
         for wid in sorted(link.pending):
             self._wires.pop(wid, None)

@@ -71,6 +71,9 @@ class MeshClientConfig:
     region_failover_s: float = 3.0
     #: Renew a lease when this fraction of its lifetime is left.
     renew_at: float = 0.5
+    #: Close links to workers neither leased nor used by the verification policy for this
+    #: many seconds (``GamerClient.close_idle_links``); 0 keeps every link open.
+    idle_link_s: float = 30.0
     join_timeout_s: float = 15.0
 
 
@@ -213,6 +216,8 @@ class MeshClientStats:
     placed_unleased: int = 0
     #: Latency samples piggybacked on lease requests.
     observed_sent: int = 0
+    #: Links to workers no longer leased or used, closed (``MeshClientConfig.idle_link_s``).
+    idle_links_closed: int = 0
 
 
 @dataclass
@@ -473,6 +478,11 @@ class MeshClient:
             for _ in range(max(0, target - len(workers))):
                 if not await self._request(kind, affinity=None, replaces=None):
                     break
+        if self.config.idle_link_s > 0:
+            leased = {peer_id_from_str(le.worker) for le in self._leases.values()}
+            for peer in self.gamer.close_idle_links(self.config.idle_link_s, keep=leased):
+                self.stats.idle_links_closed += 1
+                log.debug("closed idle link to %s", peer_id_to_str(peer))
 
     def _take_observed(self) -> tuple[tuple[str, str, float], ...]:
         items = sorted(self._observed.items())[: cw.MAX_SAMPLES]

@@ -11,6 +11,7 @@ import trio.testing
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.gamer import GamerClient, TaskHandle
+from nodes.mesh_client import MeshClientConfig, join_mesh
 from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
 
 
@@ -226,4 +227,51 @@ async def test_workers_the_gamer_banned_itself_get_no_more_leases(
             await trio.sleep(15.0)  # leases on the victim lapse; renewals and new requests exclude it
             assert all(w != victim for _, w, _, _ in mesh.leases())
             assert [await h.result() for h in handles] == [b"x%d" % i for i in range(40)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_gamer_closes_links_to_workers_it_no_longer_leases_or_uses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=13, link=LinkModel(delay_s=0.005))
+    config = MeshClientConfig(
+        region="eu", kinds=("echo",), workers_per_kind=1, max_workers_per_kind=1, idle_link_s=5.0
+    )
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 5, workers=True, seed=5)
+        await wait_for(lambda: one_coordinator(eu), timeout=30)
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(host=gamer_host) as gamer,
+            trio.open_nursery() as mesh_nursery,
+        ):
+            mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=config)
+            leased = {w for _, w, _, _ in mesh.leases()}
+            assert len(leased) == 1
+            # a worker connected but never leased (e.g. left over from an earlier lease)
+            spare = next(
+                m for m in eu if m.peer not in leased and m.svc is not None and not m.svc.is_coordinator()
+            )
+            spare_id = spare.identity.peer_id_bytes
+            assert spare.host is not None
+            await gamer.add_worker(spare.host.listen_addrs()[0])
+            handles: list[TaskHandle] = []
+            stop = trio.Event()
+            async with trio.open_nursery() as load:
+                load.start_soon(submit_steadily, gamer, handles, stop)
+                await trio.sleep(8.0)
+                # in use (duplicates and probes of the verification policy go to it): kept
+                assert spare_id in gamer.workers()
+                assert mesh.stats.idle_links_closed == 0
+                stop.set()
+            assert [await h.result() for h in handles] == [b"task %d" % i for i in range(len(handles))]
+            # unused for idle_link_s and not leased: closed, and not re-dialled
+            await wait_for(lambda: spare_id not in gamer.workers(), timeout=30)
+            assert mesh.stats.idle_links_closed == 1
+            assert {peer_id_to_str(w) for w in gamer.workers()} >= {w for _, w, _, _ in mesh.leases()}
+            await trio.sleep(20.0)
+            assert spare_id not in gamer.workers()
+            # the leased worker stays connected while idle, and a task still runs
+            assert await gamer.run("echo", b"after") == b"after"
+            mesh_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
