@@ -73,7 +73,7 @@ class MeshClientConfig:
     renew_at: float = 0.5
     #: Close links to workers neither leased nor used by the verification policy for this
     #: many seconds (``GamerClient.close_idle_links``); 0 keeps every link open.
-    idle_link_s: float = 30.0
+    idle_link_s: float = 10.0
     join_timeout_s: float = 15.0
 
 
