@@ -19,7 +19,8 @@ when their decoded frames have PSNR >= 40 dB.
 path on every device (``run_planar``): decoded straight to Y/Cb/Cr planes, luma enlarged
 by an integer 2x bilinear, the chroma filtered to what 4:2:0 of the enlargement would be,
 encoded from the planes; no colour conversion either way and a third of the bytes of RGB.
-It matches the RGB path within JPEG noise (45-48 dB in the tests), ~2.5x cheaper.
+It matches the RGB path within JPEG noise (45-50 dB), at about half the cost (720p:
+18 ms against 34 ms, ``docs/KERNELS.md``).
 
 Self-check: the output, box-downsampled back to the input size, must match the input with
 PSNR >= 22 dB (photographs give 30-45 dB; a wrong or unrelated frame gives ~10-15 dB).
@@ -297,7 +298,7 @@ def run_planar(params: Params, data: bytes) -> bytes | None:
     ``subsampled_bilinear_2x``; the planes are encoded as they are (no conversion, no
     chroma downsampling). Bilinear and the JFIF colour transform are both linear, so this
     is the RGB path (decode to RGB, enlarge, encode with 4:2:0) up to rounding and the
-    RGB clamp, i.e. JPEG noise (a PSNR bound in the tests), at ~1/3 of the cost.
+    RGB clamp, i.e. JPEG noise (a PSNR bound in the tests), at about half the cost.
     ``None``: not a colour JPEG (greyscale, CMYK); the caller takes the RGB path.
     """
     if not planar_applies(params) or sniff_image_codec(data) != "jpeg":
@@ -362,7 +363,7 @@ COST_MS_PER_OUT_MP = {"fast": 14.0, "quality": 22.0, "planar": 5.5}
 
 def _cost(params: Params, data_len: int) -> float:
     # Calibrated on one core; the planar path (fast 2x JPEG -> JPEG, 720p -> 1440p in
-    # ~19 ms) is ~2.5x cheaper than the RGB path. The input size is not known from its
+    # ~18 ms) is about half the RGB path's cost. The input size is not known from its
     # length, so a compressed input is assumed at ~0.3 bytes/pixel.
     in_px = max(1.0, data_len / 0.3)
     out_mp = min(in_px * params["scale"] ** 2, MAX_OUT_PIXELS) / 1e6
