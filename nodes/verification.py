@@ -51,6 +51,23 @@ Inputs (all take ``now``, seconds on the shell's clock; deadlines use the same b
     on_cancel(task_id, now) / on_tick(now)
     add_known_answer(kind, params, data, output, now, reference=None)
 
+Shell hooks and queries (all optional)::
+
+    placer(kind, [(worker, copies in flight), ...]) -> worker | None     primary placement
+    lease_placer(kind, in_flight) -> worker | None    the same without the list of every
+        eligible worker: ``in_flight(worker)`` is its copies in flight, None if not eligible
+    rtt_estimate(worker) -> seconds | None            keeps duplicates near (see _pick_partner)
+    idle_workers(now, idle_s, keep=()) -> [worker]    links the shell may close: no copy in
+        flight and nothing sent/answered for idle_s (banned: at once), less ``keep``; the
+        shell closes them and calls ``on_worker_down`` (the simulator's gamer does, every 5 s
+        with idle_s = 10 s and keep = its leased workers)
+
+Cost: picking a worker for a copy is O(``placement_sample``) whatever the number of
+connected workers (``placer`` alone still gets, and costs, the list of all); the eligible set
+(connected, unbanned) is cached and rebuilt only when ``Reputation.ban_version`` moves, the
+connected set changes or the earliest ban of a connected worker ends. A ban still looks at
+every pending task (rare); a lost worker at its own copies.
+
 Effects (``poll_effects()``, in order): ``SendTo`` (a task copy to a chosen worker; the
 role is for the shell's statistics and must never reach the wire), ``Probe`` (a
 known-answer task; same wire shape), ``RunCheck`` (run ``self_check`` or ``equivalent``
@@ -84,7 +101,7 @@ Invariants:
 * At most ``max_sends`` copies per task; none is started with less than
   ``min_send_budget_s`` before the deadline; every copy carries the task's deadline.
 * Deterministic: candidates are iterated in sorted order, every random choice comes from
-  the injected ``random.Random``, and wire ids are drawn from it.
+  the injected ``random.Random`` (partner samples included), and wire ids are drawn from it.
 """
 
 from __future__ import annotations
