@@ -731,9 +731,10 @@ class Scheduler:
         """Forward ``req`` to the nearest neighbour whose summary has room, else refuse it.
 
         A request that was itself forwarded here is refused, never forwarded again: a summary
-        counts free slots this region cannot lease to that gamer (workers it excludes, or
-        that the neighbour bans), so two regions could otherwise hand one request back and
-        forth until its deadline. The simulator saw exactly that with the trust cores on:
+        counts free slots this region cannot lease to that gamer (workers it excludes, workers
+        the neighbour bans, or free slots spread over workers none of which has ``slots``
+        free), so two regions could otherwise hand one request back and forth until its
+        deadline. The simulator saw exactly that with the trust cores on:
         raytrace requests (60 s deadlines) excluding a gamer's local bans bounced between two
         regions every queue timeout, tens of thousands of times a second at 1,000 peers."""
         if req.forwarded:
