@@ -1450,7 +1450,15 @@ class GamerClient:
             ut = self._user_task(w.task_id)
             if ut is not None and ut.cache_key is not None:
                 ut.receipts[(w.task_id, link.peer)] = (w.wire_id, rec.ts_ms, seal)
-        core.on_result(w.wire_id, link.peer, output, trio.current_time(), ts_ms=rec.ts_ms, signature=seal)
+        core.on_result(
+            w.wire_id,
+            link.peer,
+            output,
+            trio.current_time(),
+            ts_ms=rec.ts_ms,
+            signature=seal,
+            digest=out_digest,
+        )
 
     @staticmethod
     def _check_receipt(

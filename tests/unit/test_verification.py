@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh import wire
 from mesh.errors import (
     RejectedError,
     TaskTimeoutError,
@@ -101,6 +102,32 @@ def test_single_result_is_self_checked_then_resolved() -> None:
     assert res == Resolve(task().task_id, right(b"input"), send.worker)
     core.on_result(send.wire_id, send.worker, right(b"input"), 0.2)  # duplicate delivery
     assert core.poll_effects() == [] and core.stats.late == 1 and core.pending() == 0
+
+
+def test_a_digest_the_shell_already_has_is_not_computed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = make(NO_CHECKS)
+    core.on_submit(task(), 0.0)
+    (send,) = sends(core.poll_effects())
+    out = right(b"input")
+    hashed: list[bytes] = []
+    real = wire.digest
+
+    def counting(b: bytes) -> bytes:
+        hashed.append(b)
+        return real(b)
+
+    monkeypatch.setattr(wire, "digest", counting)  # the module object nodes.verification uses
+    core.on_result(send.wire_id, send.worker, out, 0.1, digest=real(out))
+    assert out not in hashed  # the shell's digest was used
+    (check,) = of(core.poll_effects(), RunCheck)
+    core.on_check(check.check_id, True, 0.1)
+    (res,) = core.poll_effects()
+    assert res == Resolve(task().task_id, out, send.worker)
+    # without one, the core hashes the output itself
+    core.on_submit(task(2), 0.2)
+    (send,) = sends(core.poll_effects())
+    core.on_result(send.wire_id, send.worker, out, 0.3)
+    assert out in hashed
 
 
 def test_failed_self_check_bans_with_evidence_and_retries_elsewhere() -> None:
