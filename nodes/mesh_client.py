@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -501,7 +501,9 @@ class MeshClient:
         observed = self._take_observed()
         # the workers this gamer banned itself: a lease on one would be wasted (and the
         # coordinator may not know of the ban: a local one carries no proof to gossip)
-        exclude = tuple(peer_id_to_str(w) for w in self.gamer.banned()[: cw.MAX_EXCLUDE])
+        view = self._regions.get(self.region or "")
+        members = {m.peer for m in view.members} if view is not None else set()
+        exclude = lease_exclusions(self.gamer.banned(), members)
         req = cw.LeaseRequest(
             rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed, exclude
         )
@@ -627,6 +629,19 @@ class MeshClient:
     def leases(self) -> list[tuple[int, str, str, float]]:
         now = trio.current_time()
         return [(le.lease_id, le.worker, le.kind, le.expires_at - now) for le in self._leases.values()]
+
+
+def lease_exclusions(
+    banned: Sequence[bytes], region_members: Collection[str], name: Callable[[bytes], str] = peer_id_to_str
+) -> tuple[str, ...]:
+    """The bans a lease request lists (at most ``MAX_EXCLUDE``): those of the asked
+    region's members first, since only they can be leased there. A gamer holding more local
+    bans than fit used to send the first ones by peer id, mostly workers of other regions,
+    and the coordinator kept leasing it workers it had banned (the simulator counted 5,535
+    such leases in 200 s at 1,000 peers)."""
+    ids = [name(w) for w in banned]
+    ordered = [p for p in ids if p in region_members] + [p for p in ids if p not in region_members]
+    return tuple(ordered[: cw.MAX_EXCLUDE])
 
 
 async def join_mesh(

@@ -81,6 +81,7 @@ from mesh.membership import (
     PeerSuspected,
 )
 from mesh.vivaldi import estimate_rtt
+from nodes.mesh_client import lease_exclusions
 from nodes.reputation import Evidence, Reputation, ReputationConfig, ReputationTrust
 from nodes.scheduler import (
     LeaseGranted,
@@ -421,6 +422,11 @@ class Simulation:
         self.peer_index = {pid: i for i, pid in enumerate(world.peer_ids)}
         #: Peer ids as the trust cores see them (bytes), and back.
         self.wb = [pid.encode() for pid in world.peer_ids]
+        #: Peer ids per region (what a region view lists as members).
+        self.region_ids: list[frozenset[str]] = [
+            frozenset(pid for pid, r in zip(world.peer_ids, world.peer_region, strict=True) if r == region)
+            for region in range(len(world.scenario.network.regions))
+        ]
         self.wb_index = {b: i for i, b in enumerate(self.wb)}
         self.pid_bytes = dict(zip(world.peer_ids, self.wb, strict=True))
         self.region_online = [0] * R
@@ -1153,7 +1159,9 @@ class Simulation:
             affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
             lease_s=st.lease_s,
             # the gamer's own bans, as ``nodes.mesh_client`` sends them (``LeaseRequest.exclude``)
-            exclude=tuple(p.decode() for p, _ in self._gamer_of(st).rep.banned(now)[: cw.MAX_EXCLUDE]),
+            exclude=lease_exclusions(
+                [p for p, _ in self._gamer_of(st).rep.banned(now)], self.region_ids[c.region], bytes.decode
+            ),
         )
         samples = tuple(lane.samples)
         lane.samples = []
