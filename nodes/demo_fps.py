@@ -4,8 +4,7 @@ Starts worker nodes as separate processes (``nodes.demo.start_worker``: real py-
 hosts, Noise, yamux), connects one gamer straight to them, and streams 1280x720 JPEG
 frames of a moving scene to be upscaled (to 2560x1440 at the best level) through
 the SDK's adaptive quality (``FrameQuality`` with a ``QualityController``, as
-``gamer.quality(target_fps=...)`` builds, here with the demo's ladder ``DEMO_LEVELS`` and
-``RungQuality``). A game cannot wait for a late frame, so the stream is
+``gamer.quality(target_fps=...)`` builds, here with the demo's ladder ``DEMO_LEVELS``). A game cannot wait for a late frame, so the stream is
 paced: one frame is due every ``1/fps`` s and at most ``frames_in_flight`` are out at
 once; a due frame that finds them all busy is *dropped* (the display repeats the last
 one). Each frame's latency budget is ``frames_in_flight / fps`` (the controller's
@@ -44,13 +43,12 @@ import trio
 from mesh.errors import ConfigError, P2C2RError, TaskTimeoutError
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
 from nodes.gamer import FrameQuality, GamerClient, GamerConfig
-from nodes.sdk_cores import QualityController, QualityLevel
+from nodes.sdk_cores import DEFAULT_LEVELS, QualityController, QualityLevel
 from nodes.verification import VerificationConfig
 
 __all__ = [
     "DEMO_LEVELS",
     "SPOT_CHECK_EVERY",
-    "RungQuality",
     "StreamStats",
     "make_frames",
     "run_fps_demo",
@@ -68,30 +66,11 @@ BASE_PARAMS: dict[str, Any] = {"codec": "jpeg", "input_codec": "jpeg", "quality"
 #: an overloaded machine then shows late frames rather than none.
 LATE_FRAME_S = 1.0
 MAX_FPS = 240.0
-#: The demo's quality ladder, best first; each rung costs less CPU per frame than the one
-#: above it on CPU workers (``docs/PERFORMANCE.md``, "30 fps demo"). ``fast@2x`` is the
-#: kind's planar JPEG path, the cheapest way to 2560x1440 (``fast@1.5x`` takes the RGB path
-#: and costs the workers more); below it the output JPEG quality drops, which cuts the bytes
-#: each frame costs the workers and the gamer to send and receive (263 -> 185 -> 145 KB).
-DEMO_LEVELS: tuple[QualityLevel, ...] = (
-    QualityLevel("quality", 2.0),
-    QualityLevel("fast", 2.0),
-    QualityLevel("fast", 2.0, quality=70),
-    QualityLevel("fast", 2.0, quality=50),
-)
+#: The demo's quality ladder: the SDK's default (``nodes.sdk_cores.DEFAULT_LEVELS``), every
+#: rung at 2560x1440: ``quality@2x`` -> ``fast@2x`` (the kind's planar JPEG path) -> ``fast@2x``
+#: at output JPEG quality 70, then 50.
+DEMO_LEVELS: tuple[QualityLevel, ...] = DEFAULT_LEVELS
 MAX_SECONDS = 3600.0
-
-
-class RungQuality(FrameQuality):
-    """``FrameQuality`` whose rungs may also set the output quality (``QualityLevel.quality``).
-
-    ``FrameQuality.params`` sends a rung's mode and scale only; this sends
-    ``QualityLevel.params`` (mode, scale and the rung's quality when it sets one), so a rung
-    below ``fast@2x`` can cut the bytes each frame costs to send and receive.
-    """
-
-    def params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.controller.current.params(base)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -475,7 +454,7 @@ async def _fps_demo(
                 async with GamerClient.connect(
                     [w.addr for w in procs], config=GamerConfig(), verification=VerificationConfig.off()
                 ) as gamer:
-                    q = RungQuality(gamer, QualityController(fps, frames_in_flight=in_flight, levels=levels))
+                    q = FrameQuality(gamer, QualityController(fps, frames_in_flight=in_flight, levels=levels))
                     with console.status("warming up the workers' kernels ..."):
                         await _warm_up(gamer, frames[0], q, workers)
                     meter = _CpuMeter([w.proc.pid for w in procs])

@@ -1513,9 +1513,9 @@ class FrameQuality:
         return self.controller.current
 
     def params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``base`` with the current level's ``mode`` and ``scale``."""
-        lvl = self.controller.current
-        return {**(base or {}), "mode": lvl.mode, "scale": lvl.scale}
+        """``base`` with the current level's ``mode`` and ``scale`` (and output ``quality``
+        when the level sets one)."""
+        return self.controller.current.params(base)
 
     def observe(
         self, latency_s: float, level: QualityLevel | None = None, *, missed: bool = False

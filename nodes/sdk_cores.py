@@ -220,12 +220,18 @@ class QualityLevel:
         return out
 
 
-#: Best first. Each level costs less than the one before it.
+#: Best first; each level costs less than the one before it on CPU workers. ``fast@2x`` is
+#: the upscale kind's planar JPEG path (~18 ms a 720p -> 1440p frame on one core), cheaper
+#: than any 1.5x level (those take the RGB path, ~35 ms), so below it the ladder keeps the
+#: 2560x1440 output and lowers the output JPEG quality instead, which cuts the bytes each
+#: frame costs to send and receive (263 -> 185 -> 145 KB; ``docs/PERFORMANCE.md``). A caller
+#: with other costs (a GPU worker, another kind) passes its own ``levels``, e.g. with
+#: ``QualityLevel("fast", 1.5)`` rungs.
 DEFAULT_LEVELS: tuple[QualityLevel, ...] = (
     QualityLevel("quality", 2.0),
     QualityLevel("fast", 2.0),
-    QualityLevel("quality", 1.5),
-    QualityLevel("fast", 1.5),
+    QualityLevel("fast", 2.0, quality=70),
+    QualityLevel("fast", 2.0, quality=50),
 )
 
 

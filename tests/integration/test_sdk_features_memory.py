@@ -51,6 +51,7 @@ FRAME = TaskKind(
     params={
         "mode": ParamSpec(str, default="quality", choices=("fast", "quality")),
         "scale": ParamSpec(float, default=2.0, choices=(1.5, 2.0)),
+        "quality": ParamSpec(int, default=85, minimum=1, maximum=100),
     },
     execute=lambda params, data: data,
     cost=lambda params, n: 1.0,
@@ -363,8 +364,14 @@ async def test_adaptive_timeouts_can_be_turned_off(autojump_clock: trio.abc.Cloc
 
 # ---------------------------------------------------------------- adaptive quality
 
-#: Seconds each level takes on the worker (before ``speed``), plus a 2 ms round trip.
-COST = {("quality", 2.0): 0.040, ("fast", 2.0): 0.025, ("quality", 1.5): 0.015, ("fast", 1.5): 0.008}
+#: Seconds each level of the default ladder takes on the worker (before ``speed``), plus a
+#: 2 ms round trip: (mode, scale, output quality).
+COST = {
+    ("quality", 2.0, 85): 0.040,
+    ("fast", 2.0, 85): 0.025,
+    ("fast", 2.0, 70): 0.015,
+    ("fast", 2.0, 50): 0.008,
+}
 
 
 async def test_quality_steps_down_when_frames_run_late_and_back_up_with_hysteresis(
@@ -373,7 +380,8 @@ async def test_quality_steps_down_when_frames_run_late_and_back_up_with_hysteres
     speed = [1.0]
 
     def cost(task: wire.TaskRecord) -> float:
-        return COST[(str(task.params["mode"]), float(task.params["scale"]))] * speed[0]
+        p = task.params
+        return COST[(str(p["mode"]), float(p["scale"]), int(p.get("quality", 85)))] * speed[0]
 
     async with open_mesh(1, delay=0.001, hold={0: Hold(cost)}) as m:
         q = m.gamer.quality(target_fps=30, kind="frame")

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from mesh.errors import ConfigError, TaskTimeoutError
-from nodes.demo_fps import DEMO_LEVELS, RungQuality, _CpuMeter, _worker_threads, stream_frames
+from nodes.demo_fps import DEMO_LEVELS, _CpuMeter, _worker_threads, stream_frames
 from nodes.gamer import FrameQuality
 from nodes.sdk_cores import QualityController, QualityLevel
 
@@ -31,9 +31,10 @@ class _Handle:
 
 
 class FakeWorkers:
-    """``slots`` kernel slots; a frame at (mode, scale) costs ``costs[(mode, scale)]`` s."""
+    """``slots`` kernel slots; a frame at (mode, scale, output quality or None) costs
+    ``costs[(mode, scale, quality)]`` s."""
 
-    def __init__(self, costs: dict[tuple[str, float], float], slots: int = 2) -> None:
+    def __init__(self, costs: dict[tuple[str, float, int | None], float], slots: int = 2) -> None:
         self.costs = costs
         self.work = trio.CapacityLimiter(slots)
         self.params_seen: list[dict[str, Any]] = []
@@ -41,14 +42,21 @@ class FakeWorkers:
     async def submit(self, kind: str, data: bytes, params: dict[str, Any], *, deadline: float) -> _Handle:
         assert kind == "upscale"
         self.params_seen.append(params)
-        return _Handle(self.work, self.costs[(params["mode"], params["scale"])], deadline)
+        key = (params["mode"], params["scale"], params.get("quality"))
+        return _Handle(self.work, self.costs[key], deadline)
 
 
 def quality(client: FakeWorkers, fps: float = 30.0, in_flight: int = 4) -> FrameQuality:
     return FrameQuality(client, QualityController(fps, frames_in_flight=in_flight))  # type: ignore[arg-type]
 
 
-SLOW_TOP = {("quality", 2.0): 0.30, ("fast", 2.0): 0.15, ("quality", 1.5): 0.10, ("fast", 1.5): 0.04}
+#: The default ladder (``nodes.sdk_cores.DEFAULT_LEVELS``); only its last rung fits 30 fps.
+SLOW_TOP: dict[tuple[str, float, int | None], float] = {
+    ("quality", 2.0, None): 0.30,
+    ("fast", 2.0, None): 0.15,
+    ("fast", 2.0, 70): 0.10,
+    ("fast", 2.0, 50): 0.04,
+}
 
 
 async def test_a_stream_that_misses_its_budget_steps_down_until_it_holds(
@@ -70,7 +78,7 @@ async def test_a_stream_that_misses_its_budget_steps_down_until_it_holds(
     assert first["smoothed_ms"] > 0.9 * budget_ms  # it stepped because the budget was missed
     # Once down at a level that fits, the target rate holds; the controller probes the
     # better level now and then (``probe_after`` frames) and comes straight back down.
-    assert s["final_level"] == "fast@1.5x"
+    assert s["final_level"] == "fast@2x q50"
     # (after each step down the controller waits out the frames that were queued behind
     # the slower level, 3 here, before judging the new one: the descent through three
     # slow levels takes ~1.1 s instead of ~0.7 s, and seconds 2-3 lose a few frames)
@@ -98,7 +106,7 @@ async def test_a_stream_with_room_holds_the_best_level(autojump_clock: trio.test
 async def test_frames_that_never_come_back_count_as_timeouts_and_step_down(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client = FakeWorkers({**SLOW_TOP, ("quality", 2.0): 5.0})
+    client = FakeWorkers({**SLOW_TOP, ("quality", 2.0, None): 5.0})
     stats = await stream_frames(quality(client), [b"a"], seconds=3)
     s = stats.summary()
     assert s["timeouts"] > 0 and s["deadline_misses"] >= s["timeouts"]
@@ -136,7 +144,7 @@ async def test_a_longer_frame_deadline_shows_late_frames_instead_of_none(
         await stream_frames(quality(FakeWorkers(slow)), [b"a"], seconds=5, frame_deadline_s=2.0)
     ).summary()
     assert lenient["timeouts"] == 0 and lenient["frames_verified"] == lenient["late"] > 0
-    assert lenient["final_level"] == "fast@1.5x" and lenient["mode_changes"] == 3
+    assert lenient["final_level"] == "fast@2x q50" and lenient["mode_changes"] == 3
 
 
 class RungWorkers(FakeWorkers):
@@ -180,7 +188,7 @@ async def test_the_demo_ladder_steps_down_to_a_lower_output_quality_when_fast_2x
         ("fast", 2.0, 50): 0.04,
     }
     client = RungWorkers(costs)
-    q = RungQuality(client, QualityController(30.0, frames_in_flight=4, levels=DEMO_LEVELS))  # type: ignore[arg-type]
+    q = FrameQuality(client, QualityController(30.0, frames_in_flight=4, levels=DEMO_LEVELS))  # type: ignore[arg-type]
     s = (await stream_frames(q, [b"a"], seconds=10, base_params={"codec": "jpeg", "quality": 85})).summary()
     assert [c["to"] for c in s["changes"][:2]] == ["fast@2x", "fast@2x q70"]
     assert s["final_level"] == "fast@2x q70"
