@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,21 @@ DOMAIN_NODE_RECORD = b"p2c2r/node-record/v1\x00"
 DOMAIN_REGION_RECORD = b"p2c2r/region-record/v1\x00"
 
 _HEADER = struct.Struct(">I")
+
+
+def lease_exclusions(
+    banned: Sequence[bytes],
+    region_members: Collection[str],
+    name: Callable[[bytes], str] = identity.peer_id_to_str,
+) -> tuple[str, ...]:
+    """The bans a ``LeaseRequest`` lists (at most ``MAX_EXCLUDE``): those of the asked
+    region's members first, since only they can be leased there. A gamer holding more local
+    bans than fit used to send the first ones by peer id, mostly workers of other regions,
+    and the coordinator kept leasing it workers it had banned (the simulator counted 5,535
+    such leases in 200 s at 1,000 peers). ``name`` turns a worker id into the wire's form."""
+    ids = [name(w) for w in banned]
+    ordered = [p for p in ids if p in region_members] + [p for p in ids if p not in region_members]
+    return tuple(ordered[:MAX_EXCLUDE])
 
 
 # ---------------------------------------------------------------- field checks

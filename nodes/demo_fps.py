@@ -4,12 +4,12 @@ Starts worker nodes as separate processes (``nodes.demo.start_worker``: real py-
 hosts, Noise, yamux), connects one gamer straight to them, and streams 1280x720 JPEG
 frames of a moving scene to be upscaled (to 2560x1440 at the best level) through
 the SDK's adaptive quality (``FrameQuality`` with a ``QualityController``, as
-``gamer.quality(target_fps=...)`` builds, here with the demo's ladder ``DEMO_LEVELS``). A game cannot wait for a late frame, so the stream is
+``gamer.quality(target_fps=...)`` builds, with the SDK's default ladder ``DEFAULT_LEVELS``). A game cannot wait for a late frame, so the stream is
 paced: one frame is due every ``1/fps`` s and at most ``frames_in_flight`` are out at
 once; a due frame that finds them all busy is *dropped* (the display repeats the last
 one). Each frame's latency budget is ``frames_in_flight / fps`` (the controller's
 ``budget_s``); a frame answered later than that is a *deadline miss*, and the controller
-steps down a rung of ``DEMO_LEVELS`` (``quality@2x`` -> ``fast@2x`` -> ``fast@2x`` at output
+steps down a rung of ``DEFAULT_LEVELS`` (``quality@2x`` -> ``fast@2x`` -> ``fast@2x`` at output
 JPEG quality 70, then 50) when the smoothed latency passes 90 % of it, and back up after a
 run of frames with room to spare. A late frame is still shown up to ``LATE_FRAME_S`` (then
 it times out), so an overloaded machine shows late frames rather than none. The summary
@@ -47,7 +47,6 @@ from nodes.sdk_cores import DEFAULT_LEVELS, QualityController, QualityLevel
 from nodes.verification import VerificationConfig
 
 __all__ = [
-    "DEMO_LEVELS",
     "SPOT_CHECK_EVERY",
     "StreamStats",
     "make_frames",
@@ -66,10 +65,6 @@ BASE_PARAMS: dict[str, Any] = {"codec": "jpeg", "input_codec": "jpeg", "quality"
 #: an overloaded machine then shows late frames rather than none.
 LATE_FRAME_S = 1.0
 MAX_FPS = 240.0
-#: The demo's quality ladder: the SDK's default (``nodes.sdk_cores.DEFAULT_LEVELS``), every
-#: rung at 2560x1440: ``quality@2x`` -> ``fast@2x`` (the kind's planar JPEG path) -> ``fast@2x``
-#: at output JPEG quality 70, then 50.
-DEMO_LEVELS: tuple[QualityLevel, ...] = DEFAULT_LEVELS
 MAX_SECONDS = 3600.0
 
 
@@ -399,7 +394,7 @@ async def _fps_demo(
     workers: int,
     in_flight: int,
     json_path: str | None,
-    levels: tuple[QualityLevel, ...] = DEMO_LEVELS,
+    levels: tuple[QualityLevel, ...] = DEFAULT_LEVELS,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
@@ -527,6 +522,8 @@ def run_fps_demo(
     if n < 1:
         raise ConfigError("--workers must be at least 1")
     k = in_flight if in_flight is not None else 2 * n
-    summary = trio.run(_fps_demo, float(fps), float(seconds), n, k, json_path, tuple(levels or DEMO_LEVELS))
+    summary = trio.run(
+        _fps_demo, float(fps), float(seconds), n, k, json_path, tuple(levels or DEFAULT_LEVELS)
+    )
     ok = summary["frames_verified"] > 0 and summary["spot_checks"]["failed"] == 0 and not summary["errors"]
     return 0 if ok else 1

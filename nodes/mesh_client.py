@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from mesh import control_wire as cw
 from mesh.errors import P2C2RError, ProtocolError, UnavailableError
 from mesh.identity import peer_id_from_str, peer_id_to_str
 from mesh.transport import Host, Stream
+from nodes.verification import IDLE_LINK_S
 
 if TYPE_CHECKING:
     from nodes.gamer import GamerClient
@@ -73,7 +74,7 @@ class MeshClientConfig:
     renew_at: float = 0.5
     #: Close links to workers neither leased nor used by the verification policy for this
     #: many seconds (``GamerClient.close_idle_links``); 0 keeps every link open.
-    idle_link_s: float = 10.0
+    idle_link_s: float = IDLE_LINK_S
     join_timeout_s: float = 15.0
 
 
@@ -503,7 +504,7 @@ class MeshClient:
         # coordinator may not know of the ban: a local one carries no proof to gossip)
         view = self._regions.get(self.region or "")
         members = {m.peer for m in view.members} if view is not None else set()
-        exclude = lease_exclusions(self.gamer.banned(), members)
+        exclude = cw.lease_exclusions(self.gamer.banned(), members)
         req = cw.LeaseRequest(
             rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed, exclude
         )
@@ -629,19 +630,6 @@ class MeshClient:
     def leases(self) -> list[tuple[int, str, str, float]]:
         now = trio.current_time()
         return [(le.lease_id, le.worker, le.kind, le.expires_at - now) for le in self._leases.values()]
-
-
-def lease_exclusions(
-    banned: Sequence[bytes], region_members: Collection[str], name: Callable[[bytes], str] = peer_id_to_str
-) -> tuple[str, ...]:
-    """The bans a lease request lists (at most ``MAX_EXCLUDE``): those of the asked
-    region's members first, since only they can be leased there. A gamer holding more local
-    bans than fit used to send the first ones by peer id, mostly workers of other regions,
-    and the coordinator kept leasing it workers it had banned (the simulator counted 5,535
-    such leases in 200 s at 1,000 peers)."""
-    ids = [name(w) for w in banned]
-    ordered = [p for p in ids if p in region_members] + [p for p in ids if p not in region_members]
-    return tuple(ordered[: cw.MAX_EXCLUDE])
 
 
 async def join_mesh(

@@ -510,6 +510,9 @@ Placer = Callable[[str, list[tuple[bytes, int]]], bytes | None]
 LeasePlacer = Callable[[str, Callable[[bytes], int | None]], bytes | None]
 #: ``rtt_estimate(worker) -> seconds or None`` (see ``VerificationCore.rtt_estimate``).
 RttEstimate = Callable[[bytes], float | None]
+#: How long a connected worker goes unused before a shell on the mesh closes its link
+#: (``idle_workers``): the SDK's ``MeshClientConfig.idle_link_s`` and the simulated gamer.
+IDLE_LINK_S = 10.0
 
 
 class VerificationCore:

@@ -138,16 +138,12 @@ def worker_delta(before: Samples, after: Samples) -> dict[str, Any]:
 
 
 def gamer_figures(g: GamerClient, kind: str = "echo") -> dict[str, Any]:
-    """The gamer's own metrics: verified tasks and latency quantiles (ms) of ``kind``."""
-    s = _samples([g.metrics.render().decode()])
-    q = {
-        dict(lbl)["quantile"]: v
-        for (n, lbl), v in s.items()
-        if n == "p2c2r_task_latency_quantile_seconds" and dict(lbl).get("kind") == kind
-    }
+    """The gamer's own metrics (in this process: read from its ``NodeMetrics``, the values
+    its ``/metrics`` page renders): verified tasks and latency quantiles (ms) of ``kind``."""
+    quantiles = g.metrics.latency_quantiles().get(kind, {})
     return {
-        "gamer_tasks_ok": int(_total(s, "p2c2r_tasks_total", kind=kind, outcome="ok")),
-        **{f"p{round(float(k) * 100)}_ms": round(v * 1000, 3) for k, v in sorted(q.items())},
+        "gamer_tasks_ok": int(g.metrics.counts().get((kind, "ok"), 0)),
+        **{f"p{round(q * 100)}_ms": round(v * 1000, 3) for q, v in sorted(quantiles.items())},
     }
 
 

@@ -81,7 +81,6 @@ from mesh.membership import (
     PeerSuspected,
 )
 from mesh.vivaldi import estimate_rtt
-from nodes.mesh_client import lease_exclusions
 from nodes.reputation import Evidence, Reputation, ReputationConfig, ReputationTrust
 from nodes.scheduler import (
     LeaseGranted,
@@ -96,6 +95,7 @@ from nodes.scheduler import (
 )
 from nodes.sdk_cores import AdaptiveTimeouts, TimeoutConfig
 from nodes.verification import (
+    IDLE_LINK_S,
     Cancel,
     Penalise,
     Probe,
@@ -135,8 +135,8 @@ BATCH_PRIORITY = 2
 #: A gamer notices a worker that vanished without a goodbye (its link times out) after this.
 LINK_DEAD_S = 5.0
 #: The gamer closes links to workers it holds no lease on and has had nothing in flight on
-#: for this long (``VerificationCore.idle_workers``), checking every ``IDLE_CHECK_S``.
-IDLE_LINK_S = 10.0
+#: for ``nodes.verification.IDLE_LINK_S`` (``VerificationCore.idle_workers``, as the SDK's
+#: mesh client does), checking every ``IDLE_CHECK_S``.
 IDLE_CHECK_S = 5.0
 
 
@@ -1159,7 +1159,7 @@ class Simulation:
             affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
             lease_s=st.lease_s,
             # the gamer's own bans, as ``nodes.mesh_client`` sends them (``LeaseRequest.exclude``)
-            exclude=lease_exclusions(
+            exclude=cw.lease_exclusions(
                 [p for p, _ in self._gamer_of(st).rep.banned(now)], self.region_ids[c.region], bytes.decode
             ),
         )

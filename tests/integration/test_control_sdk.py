@@ -5,14 +5,29 @@ no submitted task lost on the way."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 import trio.testing
 
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.gamer import GamerClient, TaskHandle
-from nodes.mesh_client import MeshClientConfig, join_mesh
+from nodes.mesh_client import MeshClient, MeshClientConfig, join_mesh
 from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
+
+
+@asynccontextmanager
+async def joined_gamer(net: MemoryNetwork, via: Member) -> AsyncIterator[tuple[GamerClient, MeshClient]]:
+    """A gamer joined to region ``eu`` by bootstrapping from ``via`` alone."""
+    assert via.host is not None
+    async with (
+        net.open_host() as gamer_host,
+        GamerClient.connect(host=gamer_host, bootstrap=[via.host.listen_addrs()[0]], region="eu") as gamer,
+    ):
+        assert gamer.mesh is not None
+        yield gamer, gamer.mesh
 
 
 def one_coordinator(members: list[Member]) -> bool:
@@ -44,14 +59,7 @@ async def test_gamer_joins_by_bootstrap_uses_leases_and_survives_coordinator_dea
         )
         await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
         old = coordinator_of(eu)
-        async with (
-            net.open_host() as gamer_host,
-            GamerClient.connect(
-                host=gamer_host, bootstrap=[eu[1].host.listen_addrs()[0]], region="eu"
-            ) as gamer,
-        ):
-            mesh = gamer.mesh
-            assert mesh is not None
+        async with joined_gamer(net, eu[1]) as (gamer, mesh):
             # 1. joined: the region's coordinator found, both regions known, leases held
             assert mesh.region == "eu" and mesh.coordinator == old.peer
             assert set(mesh.regions()) == {"eu", "us"}
@@ -129,14 +137,8 @@ async def test_gamer_moves_to_another_region_when_its_region_cannot_elect(
             net, nursery, "us", 4, workers=True, seed=4, bootstrap=(eu[0].host.listen_addrs()[0],)
         )
         await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
-        async with (
-            net.open_host() as gamer_host,
-            GamerClient.connect(
-                host=gamer_host, bootstrap=[eu[4].host.listen_addrs()[0]], region="eu"
-            ) as gamer,
-        ):
-            mesh = gamer.mesh
-            assert mesh is not None and mesh.region == "eu"
+        async with joined_gamer(net, eu[4]) as (gamer, mesh):
+            assert mesh.region == "eu"
             handles: list[TaskHandle] = []
             stop = trio.Event()
             async with trio.open_nursery() as load:
@@ -219,14 +221,7 @@ async def test_workers_the_gamer_banned_itself_get_no_more_leases(
     async with trio.open_nursery() as nursery:
         eu = await start_region(net, nursery, "eu", 4, workers=True, seed=4)
         await wait_for(lambda: one_coordinator(eu), timeout=30)
-        async with (
-            net.open_host() as gamer_host,
-            GamerClient.connect(
-                host=gamer_host, bootstrap=[eu[1].host.listen_addrs()[0]], region="eu"
-            ) as gamer,
-        ):
-            mesh = gamer.mesh
-            assert mesh is not None
+        async with joined_gamer(net, eu[1]) as (gamer, mesh):
             await wait_for(lambda: len(mesh.leases()) >= 2, 5)
             victim = mesh.leases()[0][1]
             gamer.reputation.ban(

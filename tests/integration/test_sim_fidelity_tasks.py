@@ -16,8 +16,8 @@ delay, 100 Mbit/s per endpoint, one gamer streaming 64 KiB ``echo`` tasks at 20 
 A kernel's wall-clock run time cannot be measured in virtual time, so the service time is
 acted on both sides: the simulator takes 20 ms (the scenario's calibration file; every peer
 is of one class, so which worker a lease lands on does not move the latency), and each real
-worker holds every reply for exactly that long (a
-``nodes.worker.Behaviour``; ``echo`` itself runs inline and takes no virtual time). What is
+worker holds every reply for exactly that long (``nodes.misbehave``'s ``slow`` behaviour,
+the reply held back; ``echo`` itself runs inline and takes no virtual time). What is
 compared is what lies around the service time: framing, the gamer's upload, duplicates and
 probes sent by the verification policy, lease placement and the network.
 
@@ -53,13 +53,13 @@ import numpy as np
 import trio
 import trio.testing
 
-from mesh import wire
 from mesh.errors import P2C2RError
 from mesh.identity import Identity, peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.control import ControlConfig, ControlService, LocalLoad
 from nodes.gamer import GamerClient, GamerConfig
 from nodes.mesh_client import MeshClientConfig, join_mesh
+from nodes.misbehave import MisbehaveSpec, Misbehaviour
 from nodes.worker import Worker, WorkerConfig
 from simulations.sim import OUTCOMES, Simulation
 from simulations.world import World
@@ -82,10 +82,9 @@ def ident(tag: str) -> Identity:
 
 @dataclass
 class Tasks:
-    """Per task submitted after the warm-up: (latency s, worker index or -1, verified)."""
+    """Per task submitted after the warm-up: latency (s) and whether it ended verified."""
 
     latency: list[float] = field(default_factory=list)
-    worker: list[int] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
     #: Over the whole run: duplicates and probes sent per primary.
     dup_per_primary: float = 0.0
@@ -93,22 +92,6 @@ class Tasks:
 
     def ok_latencies(self) -> np.ndarray:
         return np.asarray([lat for lat, ok in zip(self.latency, self.ok, strict=True) if ok])
-
-
-@dataclass
-class ActedService:
-    """A ``nodes.worker.Behaviour`` that holds every reply for the simulated service time."""
-
-    service_s: float
-
-    def delay(self, task: wire.TaskRecord) -> float | None:
-        return self.service_s
-
-    def corrupt(self, task: wire.TaskRecord, output: bytes) -> bytes:
-        return output
-
-    def after(self, task: wire.TaskRecord, result: wire.ResultRecord) -> wire.ResultRecord:
-        return result
 
 
 def service_s(world: World, i: int) -> float:
@@ -119,10 +102,9 @@ def simulate(world: World) -> Tasks:
     res = Simulation(world, "predicted").run()
     warm = world.scenario.output.warmup_s
     out = Tasks()
-    for sub, lat, w, o in zip(res.t_submit, res.t_latency, res.t_worker, res.t_outcome, strict=True):
+    for sub, lat, o in zip(res.t_submit, res.t_latency, res.t_outcome, strict=True):
         if sub >= warm:
             out.latency.append(float(lat))
-            out.worker.append(int(w))
             out.ok.append(OUTCOMES[o] == "ok")
     v = res.verification
     out.dup_per_primary = v["verify_sends_duplicate"] / v["verify_sends_primary"]
@@ -136,7 +118,6 @@ async def run_real(world: World, ids: list[Identity]) -> Tasks:
     net = MemoryNetwork(seed=SEED, link=LinkModel(delay_s=ONE_WAY_S, bandwidth_Bps=BANDWIDTH_BPS))
     t0 = trio.current_time()
     peers = [peer_id_to_str(i.peer_id_bytes) for i in ids]
-    index = {i.peer_id_bytes: n for n, i in enumerate(ids)}
     voters = tuple(peers[p] for p in world.stewards_by_region[0])
     first_addr: list[str] = []
     out = Tasks()
@@ -158,7 +139,7 @@ async def run_real(world: World, ids: list[Identity]) -> Tasks:
             if not first_addr:
                 first_addr.append(host.listen_addrs()[0])
             worker = Worker(host, ids[i], REGISTRY, WorkerConfig(concurrency=max(cap.values())))
-            worker.behaviour = ActedService(service_s(world, i))
+            worker.behaviour = Misbehaviour(MisbehaveSpec("slow", delay_s=service_s(world, i)))
             await inner.start(worker.run)
             await inner.start(ControlService(host, ids[i], cfg, load_fn=load).run)
             task_status.started()
@@ -175,7 +156,6 @@ async def run_real(world: World, ids: list[Identity]) -> Tasks:
         if sent - t0 >= scn.output.warmup_s:
             assert output is None or output == data
             out.latency.append(trio.current_time() - sent)
-            out.worker.append(index.get(handle.worker or b"", -1))
             out.ok.append(output is not None)
 
     async def gamer() -> None:

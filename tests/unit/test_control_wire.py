@@ -14,7 +14,7 @@ from mesh import control_wire as cw
 from mesh.discovery import NodeRecord, RecordValidator, RegionRecord, parse_record, sign_record
 from mesh.election import Claim, Release, Renew, RenewAck, Vote
 from mesh.errors import FrameTooLargeError, ProtocolError, UnsupportedVersionError, VerificationError
-from mesh.identity import Identity
+from mesh.identity import Identity, peer_id_to_str
 from mesh.membership import Heartbeat
 from mesh.vivaldi import Coord
 
@@ -230,3 +230,19 @@ def test_lease_request_without_exclude_field_from_older_clients_still_decodes() 
     mtype_fields = msgpack.unpackb(body, raw=False)
     mtype_fields[2] = mtype_fields[2][:9]  # what a client before ``exclude`` sends
     assert cw.decode(msgpack.packb(mtype_fields, use_bin_type=True)) == req
+
+
+def test_lease_exclusions_list_the_asked_regions_bans_first_within_the_cap() -> None:
+    def pid(i: int) -> bytes:
+        return ident(f"mc/{i}").peer_id_bytes
+
+    banned = [pid(i) for i in range(cw.MAX_EXCLUDE + 20)]
+    # the region's banned members come last in the gamer's list (e.g. sorted by peer id)
+    members = {peer_id_to_str(w) for w in banned[-5:]} | {peer_id_to_str(pid(999))}
+    out = cw.lease_exclusions(banned, members)
+    assert len(out) == cw.MAX_EXCLUDE
+    assert set(out[:5]) == {peer_id_to_str(w) for w in banned[-5:]}
+    assert peer_id_to_str(pid(999)) not in out  # a member the gamer did not ban
+    assert set(out[5:]) <= {peer_id_to_str(w) for w in banned[:-5]}
+    assert cw.lease_exclusions([], members) == ()
+    assert cw.lease_exclusions(banned[:3], set()) == tuple(peer_id_to_str(w) for w in banned[:3])

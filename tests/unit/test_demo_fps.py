@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from mesh.errors import ConfigError, TaskTimeoutError
-from nodes.demo_fps import DEMO_LEVELS, _CpuMeter, _worker_threads, stream_frames
+from nodes.demo_fps import _CpuMeter, _worker_threads, stream_frames
 from nodes.gamer import FrameQuality
-from nodes.sdk_cores import QualityController, QualityLevel
+from nodes.sdk_cores import DEFAULT_LEVELS, QualityController, QualityLevel
 
 
 class _Handle:
@@ -173,8 +173,10 @@ def test_a_rung_names_and_sets_its_output_quality() -> None:
     }
     assert base == {"codec": "jpeg", "quality": 85}
     # the demo's ladder: distinct rungs, the best first, all at 2560x1440 from 720p
-    assert len(set(DEMO_LEVELS)) == len(DEMO_LEVELS) and DEMO_LEVELS[0] == QualityLevel("quality", 2.0)
-    assert all(lvl.scale == 2.0 for lvl in DEMO_LEVELS)
+    assert len(set(DEFAULT_LEVELS)) == len(DEFAULT_LEVELS) and DEFAULT_LEVELS[0] == QualityLevel(
+        "quality", 2.0
+    )
+    assert all(lvl.scale == 2.0 for lvl in DEFAULT_LEVELS)
 
 
 async def test_the_demo_ladder_steps_down_to_a_lower_output_quality_when_fast_2x_misses(
@@ -188,7 +190,7 @@ async def test_the_demo_ladder_steps_down_to_a_lower_output_quality_when_fast_2x
         ("fast", 2.0, 50): 0.04,
     }
     client = RungWorkers(costs)
-    q = FrameQuality(client, QualityController(30.0, frames_in_flight=4, levels=DEMO_LEVELS))  # type: ignore[arg-type]
+    q = FrameQuality(client, QualityController(30.0, frames_in_flight=4, levels=DEFAULT_LEVELS))  # type: ignore[arg-type]
     s = (await stream_frames(q, [b"a"], seconds=10, base_params={"codec": "jpeg", "quality": 85})).summary()
     assert [c["to"] for c in s["changes"][:2]] == ["fast@2x", "fast@2x q70"]
     assert s["final_level"] == "fast@2x q70"
