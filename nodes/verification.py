@@ -28,8 +28,10 @@ correctly signed result is also a *right* one, using, per the cheating maths in
    by re-running it too (``Proof.RECOMPUTED``), whatever anyone's trust. Costlier kinds
    fall back to a tie-break vote.
 6. **Unresponsive workers are hedged, then banned locally.** A copy not answered by its
-   hedge time (``hedge_factor`` x the kind's recent latency, at least ``hedge_min_s``,
-   at most ``hedge_max_fraction`` of the budget) is a strike and the task gets a
+   hedge time (``hedge_factor`` x the worker's own recent latency for the kind, for a
+   worker not measured yet the larger of the kind's recent latency and its cost model's
+   run time, at least ``hedge_min_s``, at most ``hedge_max_fraction`` of the budget) is a
+   strike and the task gets a
    replacement copy elsewhere; ``strikes_to_ban`` strikes in a row ban the worker
    locally (no transferable proof, so no evidence). Only when another worker exists:
    a lone slow worker is never punished for being the only one.
@@ -413,6 +415,8 @@ class _Known:
     digest: bytes
     reference: SignedResult | None
     workers: frozenset[bytes]
+    #: Its run-time estimate in seconds (``VerificationCore._estimate``), if any.
+    estimate: float | None = None
     #: Positions in the core's probe indexes (every known answer; those of its kind).
     pos_all: int = -1
     pos_kind: int = -1
@@ -456,6 +460,7 @@ class _Task:
         "comparing",
         "copies",
         "done",
+        "estimate",
         "failures",
         "groups",
         "invalid_from",
@@ -468,8 +473,12 @@ class _Task:
         "task",
     )
 
-    def __init__(self, task: Task, norm: dict[str, Any], need: int, ban_seen: int = -1) -> None:
+    def __init__(
+        self, task: Task, norm: dict[str, Any], need: int, ban_seen: int = -1, estimate: float | None = None
+    ) -> None:
         self.task = task
+        #: Its run-time estimate in seconds (``VerificationCore._estimate``), if any.
+        self.estimate = estimate
         self.norm = norm
         self.need = need
         self.copies: list[_Copy] = []
@@ -513,6 +522,16 @@ RttEstimate = Callable[[bytes], float | None]
 #: How long a connected worker goes unused before a shell on the mesh closes its link
 #: (``idle_workers``): the SDK's ``MeshClientConfig.idle_link_s`` and the simulated gamer.
 IDLE_LINK_S = 10.0
+
+
+def _kind_estimate(copy: _Copy) -> tuple[str, float | None]:
+    """The kind of a copy's task (or probe) and its run-time estimate."""
+    t, known = copy.task, copy.known
+    if t is not None:
+        return t.task.kind, t.estimate
+    if known is not None:
+        return known.kind, known.estimate
+    return "", None
 
 
 class VerificationCore:
@@ -570,14 +589,18 @@ class VerificationCore:
         #: The known answers again, as lists a probe draws from by index: all, and per kind.
         self._known_all: list[_Known] = []
         self._known_by_kind: dict[str, list[_Known]] = {}
-        #: Normalised parameters by (kind, typed params, input length): the registry's
-        #: ``validate_params`` is pure, and a stream submits the same parameters every frame.
-        self._norms: dict[tuple[Any, ...], dict[str, Any]] = {}
+        #: Normalised parameters and run-time estimate (``_estimate``) by (kind, typed
+        #: params, input length): the registry's ``validate_params`` is pure, and a stream
+        #: submits the same parameters every frame.
+        self._norms: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
         self._latency: dict[str, float] = {}
         #: The same per worker and kind: a worker is judged against its own pace once known.
         self._wlatency: dict[bytes, dict[str, float]] = {}
         self._strikes: dict[bytes, int] = {}
         self._last_strike: dict[bytes, float] = {}
+        #: When each connected worker last answered anything (a copy hedged after that
+        #: is slow, not silent: it is replaced, not struck).
+        self._last_answer: dict[bytes, float] = {}
         self._effects: list[Effect] = []
 
     # ------------------------------------------------------------------ queries
@@ -655,6 +678,8 @@ class VerificationCore:
             self._workers.discard(worker)
             self._elig_version = -1
         self._strikes.pop(worker, None)
+        self._last_strike.pop(worker, None)
+        self._last_answer.pop(worker, None)
         self._wlatency.pop(worker, None)
         self._fail_worker(worker, UnavailableError("worker went away"), now)
         if not self._inflight.get(worker):
@@ -676,7 +701,7 @@ class VerificationCore:
         if task.task_id in self._tasks:
             raise ValueError("task id already pending")
         try:
-            norm = self._normalise(task.kind, task.params, len(task.data))
+            norm, estimate = self._normalise(task.kind, task.params, len(task.data))
         except ValidationError as exc:
             self._reject_new(task, exc)
             return
@@ -695,7 +720,7 @@ class VerificationCore:
         rec = self.reputation.record(primary)
         if (rec.verified if rec is not None else 0) < c.dup_until_verified:
             need = 2
-        t = _Task(task, norm, need, self.reputation.ban_version)  # no answers to check yet
+        t = _Task(task, norm, need, self.reputation.ban_version, estimate)  # no answers yet
         self._tasks[task.task_id] = t
         heapq.heappush(self._deadlines, (task.deadline, next(self._seq), "task", task.task_id))
         self._send(t, primary, Role.PRIMARY, now)
@@ -710,10 +735,13 @@ class VerificationCore:
         if self.rng.random() < c.p_probe(trust):
             self._probe(primary, task.kind, task.deadline, now)
 
-    def _normalise(self, kind: str, params: Mapping[str, Any], data_len: int) -> dict[str, Any]:
-        """``registry.get(kind).validate_params(params, data_len)``, memoised (a copy each
-        time). Values are keyed with their type, so ``1``, ``1.0`` and ``True`` stay apart;
-        parameters that cannot be hashed are validated every time."""
+    def _normalise(
+        self, kind: str, params: Mapping[str, Any], data_len: int
+    ) -> tuple[dict[str, Any], float | None]:
+        """``registry.get(kind).validate_params(params, data_len)`` (a copy each time) and
+        the task's run-time estimate, memoised. Values are keyed with their type, so ``1``,
+        ``1.0`` and ``True`` stay apart; parameters that cannot be hashed are validated
+        every time."""
         key: tuple[Any, ...] | None = (
             kind,
             data_len,
@@ -721,16 +749,30 @@ class VerificationCore:
             tuple(map(type, params.values())),
         )
         try:
-            norm = self._norms.get(key)  # type: ignore[arg-type]
+            memo = self._norms.get(key)  # type: ignore[arg-type]
         except TypeError:  # an unhashable value: validate (and most likely refuse) it
-            key, norm = None, None
-        if norm is None:
+            key, memo = None, None
+        if memo is None:
             norm = self.registry.get(kind).validate_params(params, data_len)
+            memo = (norm, self._estimate(kind, norm, data_len))
             if key is not None:
                 if len(self._norms) >= 256:
                     self._norms.clear()
-                self._norms[key] = norm
-        return dict(norm)
+                self._norms[key] = memo
+        return dict(memo[0]), memo[1]
+
+    def _estimate(self, kind: str, norm: Mapping[str, Any], data_len: int) -> float | None:
+        """A task's run time in seconds on one reference core, from the kind's cost model
+        (work units, ~ms). It sets the hedge delay while no latency of the kind is known:
+        without it a 16 s path-tracing tile was hedged after ``hedge_min_s``, and so was
+        every replacement, so the first tiles struck (and banned as unresponsive) honest
+        workers in a cascade, while the measured latency, capped at the hedge delay, grew
+        only 4x per round."""
+        try:
+            est = float(self.registry.get(kind).cost(dict(norm), data_len)) / 1000.0
+        except Exception:  # no estimate: hedged as before, from hedge_min_s
+            return None
+        return est if math.isfinite(est) and est > 0 else None
 
     def on_result(
         self,
@@ -748,6 +790,8 @@ class VerificationCore:
         ``digest``: the output's digest when the shell already has it (it checked the
         receipt against it); the core hashes the output itself otherwise. Hashing a 1 MiB
         output again cost the gamer's event loop ~1.3-1.5 ms per result here."""
+        if worker in self._workers:
+            self._last_answer[worker] = now  # even a late answer shows it is not silent
         copy = self._copies.get(wire_id)
         if copy is None or copy.worker != worker or not copy.live:
             self.stats.late += 1
@@ -898,14 +942,14 @@ class VerificationCore:
         if len(data) + len(output) > c.known_answer_max_bytes or c.known_answers <= 0:
             return False
         try:
-            norm = self._normalise(kind, params, len(data))
+            norm, estimate = self._normalise(kind, params, len(data))
         except ValidationError:
             return False
         p = dict(params)
         key = (kind, wire.params_digest(p), wire.digest(data))
         if key in self._known:
             return False
-        known = _Known(kind, p, norm, data, output, wire.digest(output), reference, workers)
+        known = _Known(kind, p, norm, data, output, wire.digest(output), reference, workers, estimate)
         self._known[key] = known
         self._known_bytes += len(data) + len(output)
         known.pos_all = len(self._known_all)
@@ -1068,7 +1112,13 @@ class VerificationCore:
                 return wid
 
     def _hedge_time(
-        self, kind: str, now: float, deadline: float, ahead: int = 0, worker: bytes | None = None
+        self,
+        kind: str,
+        now: float,
+        deadline: float,
+        ahead: int = 0,
+        worker: bytes | None = None,
+        estimate: float | None = None,
     ) -> float:
         """When a copy sent now is overdue: ``hedge_factor`` times the kind's recent latency,
         once more for each copy already waiting on the same worker (``ahead``), so a worker
@@ -1077,7 +1127,10 @@ class VerificationCore:
         ``hedge_max_fraction`` of the budget, so a silent worker is still caught in time.
         The latency is the worker's own for the kind once known (a CPU peer is not judged by
         the pace of GPU peers: the simulator saw hundreds of honest CPU workers banned as
-        unresponsive that way), else the kind's."""
+        unresponsive that way), else the larger of the kind's and the task's run-time
+        ``estimate`` (the kind's cost model): a worker of unknown pace is given the benefit
+        of the doubt, and a kind nobody answered yet is not hedged at ``hedge_min_s``
+        whatever its size."""
         c = self.config
         if not c.hedge:
             return math.inf
@@ -1085,6 +1138,8 @@ class VerificationCore:
         est = own.get(kind) if own is not None else None
         if est is None:
             est = self._latency.get(kind)
+            if estimate is not None and (est is None or estimate > est):
+                est = estimate
         delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
         cap = c.hedge_max_fraction * (deadline - now)
         if cap < c.hedge_min_s:
@@ -1103,8 +1158,8 @@ class VerificationCore:
         if worker in self._workers:
             self._last_active[worker] = now
         copy.sent_at = now
-        kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
-        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker)
+        kind, estimate = _kind_estimate(copy)
+        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker, estimate)
         if copy.hedge_at < math.inf:
             heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
 
@@ -1190,13 +1245,19 @@ class VerificationCore:
             self._last_strike.pop(copy.worker, None)
 
     def _hedge(self, copy: _Copy, now: float) -> None:
-        """``copy`` is still unanswered at its hedge time."""
+        """``copy`` is still unanswered at its hedge time: the task gets a replacement, and
+        the worker a strike unless it answered something since the copy was sent. Such a
+        worker is busy, not silent (for instance with a queue of our own pipelined batch
+        tiles, whose later ones outlast the hedge cap): the simulator saw hundreds of
+        honest workers banned as unresponsive that way."""
         if not self._eligible_besides(now, {copy.worker}):
             return  # the only worker: waiting is all there is
         self._uncount(copy)
         strikes = self._strikes.get(copy.worker, 0)
         last = self._last_strike.get(copy.worker)
-        if last is None or now - last >= self.config.strike_interval_s:
+        if self._last_answer.get(copy.worker, -math.inf) >= copy.sent_at:
+            pass  # busy, not silent: replaced, not struck
+        elif last is None or now - last >= self.config.strike_interval_s:
             self.stats.strikes += 1
             self.reputation.record_fault(copy.worker, now)
             strikes = self._strikes[copy.worker] = strikes + 1

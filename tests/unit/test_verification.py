@@ -40,6 +40,7 @@ from nodes.verification import (
     VerificationTimeoutError,
     drain_inline,
 )
+from tasks.registry import Registry
 
 _SIM_PATH = Path(__file__).resolve().parents[2] / "scripts" / "adversarial_sim.py"
 _spec = importlib.util.spec_from_file_location("adversarial_sim", _SIM_PATH)
@@ -492,6 +493,53 @@ def test_an_unanswered_copy_is_hedged_and_repeated_strikes_ban() -> None:
     effs = drain_inline(core, 10.0)
     assert core.reputation.is_banned(a.worker, 10.0)
     assert any(isinstance(e, Penalise) and e.reason == "unresponsive" for e in effs)
+
+
+def test_a_kind_nobody_answered_yet_is_hedged_from_its_cost_model() -> None:
+    # A 16 s path-tracing tile was hedged at hedge_min_s, and so was every replacement, so
+    # the first tiles struck honest workers in a cascade (the simulator's finding).
+    tile = replace(sim.MC_KIND, name="tile", cost=lambda params, n: 16_000.0)  # ~16 s
+    core = VerificationCore(Registry([sim.MC_KIND, tile]), Reputation(), random.Random(1), HEDGING)
+    for w in W[:3]:
+        core.on_worker_up(w, 0.0)
+    core.on_submit(Task(b"t" * 16, "tile", {}, b"scene", 200.0), 0.0)
+    assert len(sends(core.poll_effects())) == 1
+    assert core.next_deadline() == pytest.approx(64.0)  # hedge_factor x the estimate
+    core.on_submit(Task(b"u" * 16, "tile", {}, b"scene", 60.0), 0.0)
+    core.poll_effects()
+    assert core.next_deadline() == pytest.approx(30.0)  # capped at half the budget
+    core.on_tick(29.0)
+    assert sends(core.poll_effects()) == [] and core.stats.strikes == 0
+    # A cheap kind keeps hedge_min_s.
+    core.on_submit(task(1, deadline=40.0), 29.0)
+    assert len(sends(core.poll_effects())) == 1
+    assert core.next_deadline() == pytest.approx(29.5)
+
+
+def test_a_busy_worker_is_replaced_not_struck() -> None:
+    core = make(replace(HEDGING, strikes_to_ban=1), workers=3)
+    core.placer = lambda kind, cands: W[0]
+    core.on_submit(task(1, deadline=10.0), 0.0)
+    core.on_submit(task(2, deadline=10.0), 0.0)
+    first, second = sends(core.poll_effects())
+    assert first.worker == second.worker == W[0]
+    core.on_result(first.wire_id, W[0], right(b"input"), 0.4)  # it answers the first
+    drain_inline(core, 0.4)
+    at = core.next_deadline()
+    assert at is not None and at < 10.0
+    core.on_tick(at)  # the second is overdue: replaced elsewhere, but W[0] is busy, not silent
+    (repl,) = sends(core.poll_effects())
+    assert repl.role is Role.REPLACEMENT and repl.worker != W[0]
+    assert core.stats.hedges == 1 and core.stats.strikes == 0
+    assert not core.reputation.is_banned(W[0], at)
+    # A worker that answers nothing is struck (and with strikes_to_ban=1 banned) as before.
+    core.placer = lambda kind, cands: W[1] if any(w == W[1] for w, _ in cands) else None
+    core.on_submit(task(3, deadline=20.0), at)
+    (c,) = sends(core.poll_effects())
+    assert c.worker == W[1]
+    core.on_tick(at + 5.0)
+    drain_inline(core, at + 5.0)
+    assert core.stats.strikes == 1 and core.reputation.is_banned(W[1], at + 5.0)
 
 
 def test_a_lone_slow_worker_is_never_struck() -> None:

@@ -188,9 +188,9 @@ def test_memoised_parameters_keep_types_apart_and_copies_private() -> None:
     core.on_submit(Task(b"c" * 16, "mc", {"tag": ["x"]}, b"d", 10.0), 0.0)  # unhashable
     effs = core.poll_effects()
     assert [type(e) for e in effs] == [SendTo, Reject, Reject]
-    first = core._normalise("mc", {"tag": "x"}, 1)
+    first, _ = core._normalise("mc", {"tag": "x"}, 1)
     first["tag"] = "changed"
-    assert core._normalise("mc", {"tag": "x"}, 1) == {"tag": "x"}
+    assert core._normalise("mc", {"tag": "x"}, 1)[0] == {"tag": "x"}
 
 
 def test_reputation_ban_index_and_standing() -> None:
