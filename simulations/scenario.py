@@ -174,6 +174,10 @@ class WorkloadSpec:
     priority: int = 1
     #: > 0: closed-loop batch work with this many tasks in flight per instance.
     lanes: int = 0
+    #: Leased workers a periodic stream spreads its tasks over, each task to the one with
+    #: the fewest copies in flight per leased slot (the SDK's mesh client: its
+    #: ``MeshClientConfig.workers_per_kind`` is 2, with 2 ``slots`` each).
+    workers: int = 1
     #: Tasks of this workload count as "simple" in the p50 < 100 ms target.
     simple: bool = False
     #: Placement lease length asked for (0: the scheduler's default); long for batch lanes.
@@ -327,6 +331,11 @@ def _workload(d: Mapping[str, Any]) -> WorkloadSpec:
     kw["params"] = tuple(sorted(dict(d.get("params", {})).items()))
     kw["rate_hz"] = _floats(d.get("rate_hz", 30.0), "workloads.rate_hz")
     spec = WorkloadSpec(**kw)
+    if spec.workers < 1 or (spec.lanes > 0 and spec.workers != 1):
+        raise ConfigError(
+            f"scenario workload {spec.name!r}: workers must be >= 1, and only periodic streams"
+            " (lanes = 0) spread over several; closed-loop work has one lease per lane"
+        )
     if spec.lanes < 0 or spec.deadline_ms < 0 or (spec.lanes == 0 and min(spec.rate_hz) <= 0):
         raise ConfigError(f"scenario workload {spec.name!r}: bad lanes, rate or deadline")
     if spec.deadline_ms == 0 and spec.lanes == 0:

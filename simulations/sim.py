@@ -290,6 +290,8 @@ class _Gamer:
         "pending",
         "region",
         "rep",
+        "spread",
+        "spread_pick",
         "svc_last",
         "tick_at",
         "timeouts",
@@ -315,14 +317,33 @@ class _Gamer:
         self.pending: dict[bytes, tuple[_Lane, float, float]] = {}
         #: The worker the lane being submitted holds a lease on (the SDK's placer answer).
         self.cur: bytes | None = None
+        #: Or, for a stream spread over several leased workers: (lane, worker, leased
+        #: slots) of each, and the lane ``place`` picked.
+        self.spread: list[tuple[_Lane, bytes, int]] | None = None
+        self.spread_pick: _Lane | None = None
         self.anchored: dict[str, int] = {}
         self.lanes: list[_Lane] = []
         self.svc_last: dict[int, float] = {}
         core.lease_placer = self.place
 
     def place(self, kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
-        """The SDK's placer: the worker the lane being submitted holds a lease on."""
-        return self.cur
+        """The SDK's placer: the worker the lane being submitted holds a lease on; over
+        several (``spread``), as ``nodes.mesh_client``'s placer: the eligible one with the
+        fewest copies in flight per leased slot (over capacity too: the worker queues it),
+        none eligible: ``None`` (the core picks a connected worker)."""
+        spread = self.spread
+        if spread is None:
+            return self.cur
+        best: tuple[float, int] | None = None
+        for i, (_lane, worker, slots) in enumerate(spread):
+            n = in_flight(worker)
+            if n is not None and (best is None or n / slots < best[0]):
+                best = (n / slots, i)
+        if best is None:
+            return None
+        lane, worker, _ = spread[best[1]]
+        self.spread_pick = lane
+        return worker
 
     def leased(self) -> set[int]:
         """Workers this gamer's lanes hold leases on (links the gamer keeps open)."""
@@ -462,7 +483,7 @@ class Simulation:
                 max(1, wl.slots) + max(0, wl.pipeline),
                 prof.params,
             )
-            st.lanes = [_Lane(sd.index, k) for k in range(max(1, sd.lanes))]
+            st.lanes = [_Lane(sd.index, k) for k in range(sd.lanes if sd.lanes > 0 else wl.workers)]
             self.streams.append(st)
         self.gamer_ids = world.gamer_ids
         self.n_peers = world.n_peers
@@ -1104,8 +1125,10 @@ class Simulation:
 
     def _frame(self, st: _Stream) -> None:
         now = self.loop.now
-        lane = st.lanes[0]
-        self._dispatch(st, lane, now)
+        if len(st.lanes) == 1:
+            self._dispatch(st, st.lanes[0], now)
+        else:
+            self._dispatch_spread(st, now)
         nxt = now + st.period_s
         if nxt < self.scn.duration_s:
             self.loop.schedule(nxt, self._frame, st)
@@ -1131,6 +1154,28 @@ class Simulation:
         while held and held[0] + st.deadline_s <= self.loop.now:
             self._record(lane, -1, held.pop(0), math.nan, math.nan, UNPLACED)
         held.append(t0)
+
+    def _dispatch_spread(self, st: _Stream, t0: float) -> None:
+        """A periodic stream over several leased workers (``WorkloadSpec.workers``): the
+        task goes to the one with the fewest copies in flight per leased slot, chosen by the
+        gamer's ``lease_placer`` inside its core as ``nodes.mesh_client``'s placer does."""
+        now = self.loop.now
+        usable: list[_Lane] = []
+        for lane in st.lanes:
+            self._maybe_request(lane)
+            if lane.worker >= 0 and now < lane.lease_exp:
+                usable.append(lane)
+        if not usable:
+            self._dispatch(st, st.lanes[0], t0)  # held until a lease comes, as one lane is
+            return
+        if self.no_core:
+            lane = min(usable, key=lambda ln: (ln.busy, ln.lane))
+            lane.busy += 1  # released in _record
+            self._submit(st, lane, t0)
+            return
+        g = self._gamer_of(st)
+        g.spread = [(ln, self.wb[ln.worker], st.slots) for ln in usable]
+        self._submit(st, usable[0], t0)
 
     def _maybe_request(self, lane: _Lane) -> None:
         now = self.loop.now
@@ -1449,6 +1494,8 @@ class Simulation:
         if st.closed:
             lane.busy -= 1
             self._lane_next(lane)
+        elif lane.busy:
+            lane.busy -= 1
 
     def _rejected(self, g: _Gamer, eff: Reject) -> None:
         item = g.pending.pop(eff.task_id, None)
@@ -1472,6 +1519,8 @@ class Simulation:
         if st.closed:
             lane.busy -= 1
             self._lane_next(lane)
+        elif lane.busy:
+            lane.busy -= 1
 
     def _penalise(self, g: _Gamer, eff: Penalise) -> None:
         self._count("penalise_" + eff.reason.split(":")[0])
@@ -1560,6 +1609,8 @@ class Simulation:
             if st.closed:
                 lane.busy -= 1
                 self.loop.schedule(now + 0.05, self._lane_next, lane)
+            elif lane.busy:
+                lane.busy -= 1  # a spread stream without the core (_dispatch_spread)
             return
         self.task_seq += 1
         tid = self.task_seq.to_bytes(16, "big")
@@ -1568,9 +1619,14 @@ class Simulation:
         if self.no_core:
             self._send_copy(g, st, lane, self.wb[w], tid, data, "primary")
             return
-        g.cur = self.wb[w]
+        if g.spread is None:
+            g.cur = self.wb[w]
         g.core.on_submit(Task(tid, st.kind, st.params, data, t0 + budget), now)
         g.cur = None
+        if g.spread is not None:
+            pick, g.spread, g.spread_pick = g.spread_pick, None, None
+            if pick is not None and pick is not lane and tid in g.pending:
+                g.pending[tid] = (pick, t0, t0 + budget)
         n = g.anchored.get(st.kind, 0)
         if n < self.vconf.anchors_per_kind and tid in g.pending:
             # ``GamerClient._maybe_anchor``: the gamer computes a few tasks of each cheap kind

@@ -29,7 +29,11 @@ Tolerances (what "agree" means here), over the tasks submitted after the 6 s war
       the tail (where a duplicate's upload queues behind the primary's), not a missing hop;
     * the verification policy spends alike: the duplicates sent per primary (the same
       ``VerificationCore`` deciding on both sides, from the same trust history) differ by
-      <= 0.15, and so do the known-answer probes per primary.
+      <= 0.2, the known-answer probes per primary by <= 0.15. The real side is not exactly
+      repeatable (the gamer's checks run in threads while the mock clock may jump): over
+      nine runs it sent 0.51-0.59 duplicates and 0.31-0.36 probes per primary, against the
+      simulator's 0.45 and 0.33. A simulator holding one lease per stream, as it did before
+      it modelled the SDK's lease shape, sends 0.20 duplicates per primary and fails.
 
 Which workers serve is compared by ``test_sim_fidelity.py`` (lease placement); here the
 answering worker differs in meaning (the simulator records the primary, the SDK the worker
@@ -37,10 +41,12 @@ whose answer resolved the task, often the duplicate on a faster peer), so it is 
 
 The SDK's own hedging and result cache are turned off on the real side (the simulator does not
 model them; ``docs/SIMULATION.md``); the verification core's hedging is on in both. The SDK
-keeps one leased worker with one slot for the kind (``MESH``), as the scenario's stream
-does in the simulator; with the SDK's default of two leased workers, duplicates per primary
-were 0.53-0.66 against the simulator's 0.27 (a partner is always connected), which is why
-the two are set alike here.
+keeps its default lease shape, two leased workers with two slots each for the kind (but
+not its growth to more workers when both are full, ``MESH``), and the scenario's stream does
+the same in the simulator (``workers = 2``, ``slots = 2``). Before the
+simulator modelled that, a simulated stream held one lease, and the real gamer, always with a
+partner connected, sent 0.53-0.66 duplicates per primary against the simulator's 0.27; the
+test then had to set the SDK down to one worker with one slot.
 """
 
 from __future__ import annotations
@@ -71,9 +77,11 @@ SCEN = Path(__file__).resolve().parents[2] / "simulations" / "scenarios" / "fide
 ONE_WAY_S = 0.010
 BANDWIDTH_BPS = 100e6 / 8
 REGISTRY = Registry([ECHO])
-#: The SDK's lease keeping, set to what the scenario's stream holds in the simulator: one
-#: leased worker with one slot (the SDK's default keeps two workers with two slots each).
-MESH = MeshClientConfig(region="eu", workers_per_kind=1, max_workers_per_kind=1, slots=1)
+#: The SDK's lease keeping: its defaults (two workers with two slots each per kind), which the
+#: scenario's stream mirrors, less the growth to ``max_workers_per_kind`` leased workers when
+#: both are over their slots (the simulator does not model it; with it the real gamer sent
+#: 0.57-0.61 duplicates per primary, its extra workers new and so always duplicated).
+MESH = MeshClientConfig(region="eu", max_workers_per_kind=2)
 
 
 def ident(tag: str) -> Identity:
@@ -207,5 +215,5 @@ async def test_task_latencies_agree_with_real_sdk_and_workers(autojump_clock: tr
         assert sum(t.ok) >= 0.98 * len(t.ok), report
     assert abs(p[50][0] - p[50][1]) <= 0.005, report
     assert abs(p[90][0] - p[90][1]) <= 0.010, report
-    assert abs(sim.dup_per_primary - real.dup_per_primary) <= 0.15, report
+    assert abs(sim.dup_per_primary - real.dup_per_primary) <= 0.2, report
     assert abs(sim.probes_per_primary - real.probes_per_primary) <= 0.15, report

@@ -117,3 +117,40 @@ def test_scenario_rejects_unknown_verification_config_keys() -> None:
         parse_scenario(dict(ONE_REGION, verification={"config": {"no_such_knob": 1}}))
     scn = parse_scenario(dict(ONE_REGION, verification={"config": {"dup_floor": 0.5}}))
     assert dict(scn.verification.config) == {"dup_floor": 0.5}
+
+
+def test_a_periodic_stream_keeps_the_sdks_lease_shape() -> None:
+    """``workers = 2``: two leased workers per stream, each task to the one with the fewest
+    copies in flight per leased slot (ties: the first), as ``nodes.mesh_client``'s placer."""
+    import random
+
+    import pytest
+
+    from mesh.errors import ConfigError
+    from nodes.reputation import Reputation
+    from nodes.verification import VerificationCore
+    from simulations.sim import _Gamer, _Lane
+    from simulations.trust import sim_registry
+
+    physics = dict(ONE_REGION["workloads"][0], workers=2, slots=2)  # type: ignore[index]
+    doc = dict(ONE_REGION, workloads=[physics], peers=dict(ONE_REGION["peers"], malicious_fraction=0.0))  # type: ignore[call-overload]
+    sim, s = _run(doc)
+    outcomes = s["outcomes"]
+    assert isinstance(outcomes, dict) and outcomes["ok"] > 500
+    for st in sim.streams:
+        assert len(st.lanes) == 2
+        workers = {lane.worker for lane in st.lanes}
+        assert -1 not in workers and len(workers) == 2  # two distinct leased workers held
+
+    core = VerificationCore(sim_registry([("physics_step", 1.0)]), Reputation(), random.Random(1))
+    g = _Gamer(0, 0, 0, core, Reputation())
+    a, b = _Lane(0, 0), _Lane(0, 1)
+    g.spread = [(a, b"a", 2), (b, b"b", 2)]
+    assert g.place("physics_step", {b"a": 1, b"b": 0}.get) == b"b" and g.spread_pick is b
+    assert g.place("physics_step", {b"a": 0, b"b": 0}.get) == b"a" and g.spread_pick is a
+    assert g.place("physics_step", {b"a": 3, b"b": 4}.get) == b"a"  # over capacity: least over
+    assert g.place("physics_step", {b"b": 5}.get) == b"b"  # a is not eligible (banned, gone)
+    assert g.place("physics_step", {}.get) is None  # none: the core picks a connected worker
+
+    with pytest.raises(ConfigError, match="periodic"):
+        parse_scenario(dict(ONE_REGION, workloads=[dict(physics, lanes=3)]))
