@@ -178,6 +178,10 @@ class WorkloadSpec:
     #: the fewest copies in flight per leased slot (the SDK's mesh client: its
     #: ``MeshClientConfig.workers_per_kind`` is 2, with 2 ``slots`` each).
     workers: int = 1
+    #: Up to this many when every leased worker is over its slots as a task is placed (the
+    #: SDK asks for one more lease then, up to ``max_workers_per_kind``, 4); 0: ``workers``.
+    #: A lease added so is kept (renewed) like the others.
+    max_workers: int = 0
     #: Tasks of this workload count as "simple" in the p50 < 100 ms target.
     simple: bool = False
     #: Placement lease length asked for (0: the scheduler's default); long for batch lanes.
@@ -331,7 +335,9 @@ def _workload(d: Mapping[str, Any]) -> WorkloadSpec:
     kw["params"] = tuple(sorted(dict(d.get("params", {})).items()))
     kw["rate_hz"] = _floats(d.get("rate_hz", 30.0), "workloads.rate_hz")
     spec = WorkloadSpec(**kw)
-    if spec.workers < 1 or (spec.lanes > 0 and spec.workers != 1):
+    if spec.max_workers and spec.max_workers < spec.workers:
+        raise ConfigError(f"scenario workload {spec.name!r}: max_workers below workers")
+    if spec.workers < 1 or (spec.lanes > 0 and max(spec.workers, spec.max_workers) != 1):
         raise ConfigError(
             f"scenario workload {spec.name!r}: workers must be >= 1, and only periodic streams"
             " (lanes = 0) spread over several; closed-loop work has one lease per lane"

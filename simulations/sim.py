@@ -291,6 +291,7 @@ class _Gamer:
         "region",
         "rep",
         "spread",
+        "spread_full",
         "spread_pick",
         "svc_last",
         "tick_at",
@@ -321,6 +322,8 @@ class _Gamer:
         #: slots) of each, and the lane ``place`` picked.
         self.spread: list[tuple[_Lane, bytes, int]] | None = None
         self.spread_pick: _Lane | None = None
+        #: Whether that pick was over its leased slots (the SDK then asks for one more).
+        self.spread_full = False
         self.anchored: dict[str, int] = {}
         self.lanes: list[_Lane] = []
         self.svc_last: dict[int, float] = {}
@@ -343,6 +346,7 @@ class _Gamer:
             return None
         lane, worker, _ = spread[best[1]]
         self.spread_pick = lane
+        self.spread_full = best[0] >= 1.0
         return worker
 
     def leased(self) -> set[int]:
@@ -370,6 +374,8 @@ class _Stream:
     inflight: int
     params: dict[str, Any] = field(default_factory=dict)
     lanes: list[_Lane] = field(default_factory=list)
+    #: Lanes in use (a periodic stream grows toward ``len(lanes)`` = ``max_workers``).
+    active: int = 1
 
 
 def _msg_size(msg: Any) -> int:
@@ -483,7 +489,8 @@ class Simulation:
                 max(1, wl.slots) + max(0, wl.pipeline),
                 prof.params,
             )
-            st.lanes = [_Lane(sd.index, k) for k in range(sd.lanes if sd.lanes > 0 else wl.workers)]
+            st.lanes = [_Lane(sd.index, k) for k in range(sd.lanes or max(wl.workers, wl.max_workers))]
+            st.active = sd.lanes or wl.workers
             self.streams.append(st)
         self.gamer_ids = world.gamer_ids
         self.n_peers = world.n_peers
@@ -1161,7 +1168,7 @@ class Simulation:
         gamer's ``lease_placer`` inside its core as ``nodes.mesh_client``'s placer does."""
         now = self.loop.now
         usable: list[_Lane] = []
-        for lane in st.lanes:
+        for lane in st.lanes[: st.active]:
             self._maybe_request(lane)
             if lane.worker >= 0 and now < lane.lease_exp:
                 usable.append(lane)
@@ -1175,7 +1182,13 @@ class Simulation:
             return
         g = self._gamer_of(st)
         g.spread = [(ln, self.wb[ln.worker], st.slots) for ln in usable]
+        g.spread_full = False
         self._submit(st, usable[0], t0)
+        if g.spread_full and st.active < len(st.lanes):
+            # Every leased worker was over its slots: one more lease (nodes.mesh_client).
+            st.active += 1
+            self._count("lease_grown")
+            self._maybe_request(st.lanes[st.active - 1])
 
     def _maybe_request(self, lane: _Lane) -> None:
         now = self.loop.now

@@ -147,10 +147,14 @@ def test_a_periodic_stream_keeps_the_sdks_lease_shape() -> None:
     a, b = _Lane(0, 0), _Lane(0, 1)
     g.spread = [(a, b"a", 2), (b, b"b", 2)]
     assert g.place("physics_step", {b"a": 1, b"b": 0}.get) == b"b" and g.spread_pick is b
+    assert not g.spread_full
     assert g.place("physics_step", {b"a": 0, b"b": 0}.get) == b"a" and g.spread_pick is a
     assert g.place("physics_step", {b"a": 3, b"b": 4}.get) == b"a"  # over capacity: least over
+    assert g.spread_full  # ... and the stream asks for one more lease (up to max_workers)
     assert g.place("physics_step", {b"b": 5}.get) == b"b"  # a is not eligible (banned, gone)
     assert g.place("physics_step", {}.get) is None  # none: the core picks a connected worker
 
     with pytest.raises(ConfigError, match="periodic"):
         parse_scenario(dict(ONE_REGION, workloads=[dict(physics, lanes=3)]))
+    with pytest.raises(ConfigError, match="max_workers"):
+        parse_scenario(dict(ONE_REGION, workloads=[dict(physics, max_workers=1)]))
