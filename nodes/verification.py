@@ -524,16 +524,6 @@ RttEstimate = Callable[[bytes], float | None]
 IDLE_LINK_S = 10.0
 
 
-def _kind_estimate(copy: _Copy) -> tuple[str, float | None]:
-    """The kind of a copy's task (or probe) and its run-time estimate."""
-    t, known = copy.task, copy.known
-    if t is not None:
-        return t.task.kind, t.estimate
-    if known is not None:
-        return known.kind, known.estimate
-    return "", None
-
-
 class VerificationCore:
     """The verification policy. See the module docstring for states and invariants."""
 
@@ -768,11 +758,17 @@ class VerificationCore:
         every replacement, so the first tiles struck (and banned as unresponsive) honest
         workers in a cascade, while the measured latency, capped at the hedge delay, grew
         only 4x per round."""
+        cost = self._cost(kind, norm, data_len)
+        return cost / 1000.0 if cost is not None and cost > 0 else None
+
+    def _cost(self, kind: str, norm: Mapping[str, Any], data_len: int) -> float | None:
+        """The kind's cost model (work units), ``None`` when it cannot be made or is not
+        finite (the kind's own code: whatever it raises means "no estimate")."""
         try:
-            est = float(self.registry.get(kind).cost(dict(norm), data_len)) / 1000.0
-        except Exception:  # no estimate: hedged as before, from hedge_min_s
+            cost = float(self.registry.get(kind).cost(dict(norm), data_len))
+        except Exception:
             return None
-        return est if math.isfinite(est) and est > 0 else None
+        return cost if math.isfinite(cost) else None
 
     def on_result(
         self,
@@ -1158,7 +1154,12 @@ class VerificationCore:
         if worker in self._workers:
             self._last_active[worker] = now
         copy.sent_at = now
-        kind, estimate = _kind_estimate(copy)
+        t, known = copy.task, copy.known
+        kind, estimate = "", None
+        if t is not None:
+            kind, estimate = t.task.kind, t.estimate
+        elif known is not None:
+            kind, estimate = known.kind, known.estimate
         copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker, estimate)
         if copy.hedge_at < math.inf:
             heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
@@ -1255,9 +1256,8 @@ class VerificationCore:
         self._uncount(copy)
         strikes = self._strikes.get(copy.worker, 0)
         last = self._last_strike.get(copy.worker)
-        if self._last_answer.get(copy.worker, -math.inf) >= copy.sent_at:
-            pass  # busy, not silent: replaced, not struck
-        elif last is None or now - last >= self.config.strike_interval_s:
+        silent = self._last_answer.get(copy.worker, -math.inf) < copy.sent_at  # else busy: not struck
+        if silent and (last is None or now - last >= self.config.strike_interval_s):
             self.stats.strikes += 1
             self.reputation.record_fault(copy.worker, now)
             strikes = self._strikes[copy.worker] = strikes + 1
@@ -1324,11 +1324,8 @@ class VerificationCore:
         c = self.config
         if c.recompute_max_cost < 0 or data_len > c.recompute_max_bytes:
             return False
-        try:
-            cost = float(self.registry.get(kind).cost(dict(norm), data_len))
-        except Exception:  # an estimate that cannot be made is treated as too expensive
-            return False
-        return math.isfinite(cost) and cost <= c.recompute_max_cost
+        cost = self._cost(kind, norm, data_len)  # none: treated as too expensive
+        return cost is not None and cost <= c.recompute_max_cost
 
     def _advance(self, t: _Task, now: float) -> None:
         if t.comparing is None:
