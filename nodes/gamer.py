@@ -1313,7 +1313,7 @@ class GamerClient:
                     # In queue order: a shared-memory hello must reach the worker before
                     # the tasks queued after it.
                     if batch:
-                        await write_chunked(link.stream, wire.encode_tasks(batch))
+                        await self._write_tasks(link, batch)
                         batch, size = [], 0
                     await write_chunked(link.stream, item)
                 elif item.wire_id in self._wires:  # skip copies cancelled or expired while queued
@@ -1328,7 +1328,7 @@ class GamerClient:
                         rec = wire.TaskRecord(item.wire_id, item.kind, item.params, payload, enc, budget_ms)
                     if batch and size + len(rec.data) > self.config.max_batch_bytes:
                         # Never pile a big task onto a batch: the frame could pass max_frame.
-                        await write_chunked(link.stream, wire.encode_tasks(batch))
+                        await self._write_tasks(link, batch)
                         batch, size = [], 0
                     batch.append(rec)
                     size += len(rec.data)
@@ -1339,7 +1339,15 @@ class GamerClient:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             if batch:
-                await write_chunked(link.stream, wire.encode_tasks(batch))
+                await self._write_tasks(link, batch)
+
+    async def _write_tasks(self, link: _WorkerLink, batch: list[wire.TaskRecord]) -> None:
+        """Write one frame of tasks; their copies' hedge clocks start once it is out (a frame
+        that waited behind the gamer's own uplink is not the worker's delay)."""
+        await write_chunked(link.stream, wire.encode_tasks(batch))
+        now = trio.current_time()
+        for rec in batch:
+            self._core.on_sent(rec.task_id, now)
 
     async def _read_link(self, link: _WorkerLink) -> None:
         decoder = wire.FrameDecoder(self.config.max_frame)

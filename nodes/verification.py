@@ -430,6 +430,8 @@ class _Copy:
     role: Role | None  # None: a probe
     sent_at: float = 0.0
     hedge_at: float = math.inf
+    #: This task's copies already waiting on the same worker when it was sent (hedge delay).
+    ahead: int = 0
     task: _Task | None = None
     known: _Known | None = None
     live: bool = True
@@ -605,10 +607,17 @@ class VerificationCore:
             if tag == "task":
                 if key in self._tasks:
                     return when
-            else:
+            elif tag == "probe":
                 copy = self._copies.get(key)
                 if copy is not None and copy.live:
                     return when
+            else:
+                copy = self._copies.get(key)
+                if copy is not None and copy.live and copy.hedge_at == when:
+                    return when
+                heapq.heappop(self._deadlines)
+                self._hedge_due(copy, when)  # re-queues a moved one
+                continue
             heapq.heappop(self._deadlines)
         return None
 
@@ -895,10 +904,11 @@ class VerificationCore:
 
     def on_tick(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, tag, key = heapq.heappop(self._deadlines)
+            when, _, tag, key = heapq.heappop(self._deadlines)
             if tag == "hedge":
                 copy = self._copies.get(key)
-                if copy is not None and copy.live:
+                if self._hedge_due(copy, when):
+                    assert copy is not None
                     self._hedge(copy, now)
                 continue
             if tag == "probe":
@@ -1153,6 +1163,11 @@ class VerificationCore:
         live[copy.wire_id] = None
         if worker in self._workers:
             self._last_active[worker] = now
+        copy.ahead = ahead
+        self._arm_hedge(copy, now)
+
+    def _arm_hedge(self, copy: _Copy, now: float) -> None:
+        """Start ``copy``'s clock at ``now``: its latency and hedge time count from here."""
         copy.sent_at = now
         t, known = copy.task, copy.known
         kind, estimate = "", None
@@ -1160,9 +1175,38 @@ class VerificationCore:
             kind, estimate = t.task.kind, t.estimate
         elif known is not None:
             kind, estimate = known.kind, known.estimate
-        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, ahead, copy.worker, estimate)
-        if copy.hedge_at < math.inf:
+        old = copy.hedge_at
+        copy.hedge_at = self._hedge_time(kind, now, copy.deadline, copy.ahead, copy.worker, estimate)
+        # A hedge moved later keeps its heap entry, which re-queues itself when it comes up
+        # (``_hedge_due``): most copies are answered before then, and it is never pushed.
+        if copy.hedge_at < old:
             heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
+
+    def _hedge_due(self, copy: _Copy | None, when: float) -> bool:
+        """Whether the heap entry ``when`` of a hedge is ``copy``'s current one; an entry
+        its copy's clock has moved past (``on_sent``) re-queues the copy at its new time."""
+        if copy is None or not copy.live or copy.hedge_at < when:
+            return False
+        if copy.hedge_at > when:
+            if copy.counted and copy.hedge_at < math.inf:  # not hedged yet
+                heapq.heappush(self._deadlines, (copy.hedge_at, next(self._seq), "hedge", copy.wire_id))
+            return False
+        return True
+
+    def on_sent(self, wire_id: bytes, now: float) -> None:
+        """The copy ``wire_id`` left the gamer (the transport took its bytes) at ``now``.
+
+        Its hedge clock and measured latency restart here: the time it spent queued behind
+        the gamer's own uplink is not the worker's. Without this call they count from the
+        ``SendTo``/``Probe`` effect, and a gamer whose uplink is saturated hedges, strikes
+        and in the end bans honest workers for its own backlog (the simulator saw upscale
+        probes wait ~1 s behind a gamer's frames and strike their workers at a 0.5 s hedge).
+        Optional: a shell that cannot tell when bytes leave simply never calls it. A copy
+        whose hedge already fired keeps it (its replacement is out)."""
+        copy = self._copies.get(wire_id)
+        if copy is None or not copy.live or not copy.counted or now <= copy.sent_at:
+            return
+        self._arm_hedge(copy, now)
 
     def _send(self, t: _Task, worker: bytes, role: Role, now: float) -> None:
         wid = self._new_wire_id()

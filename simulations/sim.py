@@ -31,6 +31,9 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
       ``Reputation`` through ``ReputationTrust`` (a banned worker gets no lease);
     * heartbeats due in one tenth of an interval in one region travel as one event (each one
       still dropped by loss or partition on its own); load reports are counted in bytes;
+    * the gamer tells its core when each copy has left its uplink (``VerificationCore.on_sent``,
+      as ``GamerClient._write_tasks`` does), so time queued behind its own earlier payloads
+      does not count against the worker;
     * each gamer closes, every ``IDLE_CHECK_S``, the links its core reports idle
       (``VerificationCore.idle_workers``: nothing in flight for ``IDLE_LINK_S``, no lease held
       on the worker), and gives its core a round-trip estimate per worker (the Vivaldi
@@ -1659,6 +1662,16 @@ class Simulation:
         net = self.net
         self.task_bytes[self._bucket(now)] += st.in_bytes
         arrive = net.data_delay(g.node, w, st.in_bytes, now)
+        if arrive is not None and not self.no_core:
+            # The copy leaves once the gamer's uplink has sent it, and the core hears of it
+            # then (``GamerClient._write_tasks``): its hedge clock starts there. No hedge can
+            # fire sooner than ``hedge_min_s`` after the send, so a departure before that is
+            # told now, with its time (the same outcome as an event then, without the event).
+            left = net.link_free[g.node]
+            if left - now < self.vconf.hedge_min_s:
+                g.core.on_sent(wire_id, left)
+            else:
+                self.loop.schedule(left, self._copy_sent, g, wire_id)
         peer = self.peers[w]
         if arrive is None or not peer.online or arrive >= peer.session_end:
             # Lost on the way: the core's deadline, hedge or link-down deals with it.
@@ -1702,6 +1715,9 @@ class Simulation:
             back += max(0.2, 2.0 * net.rtt(w, g.node))
         self.task_bytes[self._bucket(finish)] += st.out_bytes
         self.loop.schedule(back, self._copy_result, g, wire_id, w, svc, wrong, peer.inc, finish, data, lane)
+
+    def _copy_sent(self, g: _Gamer, wire_id: bytes) -> None:
+        g.core.on_sent(wire_id, self.loop.now)
 
     def _copy_result(
         self,

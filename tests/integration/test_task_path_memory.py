@@ -161,6 +161,35 @@ async def test_large_compressible_payloads_travel_as_zstd_and_arrive_intact(
         assert sent < len(data) // 10 and returned < len(data) // 10
 
 
+async def test_a_copys_hedge_clock_starts_when_its_frame_leaves_the_gamer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A slow uplink (100 kB/s, a 32 KiB window): the big task's frame takes seconds to leave,
+    # and the small one queued behind it leaves after it. The core hears of each departure.
+    # (Under 256 KiB: a bigger output is hashed in a thread, and the autojump clock would
+    # jump past the deadline while it runs.)
+    async with open_mesh(gamer_config=replace(RAW, shm=False), stream_buffer=32 << 10) as m:
+        m.net.set_link(m.gamer_host.peer_id, m.hosts[0].peer_id, LinkModel(delay_s=0.01, bandwidth_Bps=100e3))
+        core = m.gamer._core
+        sent: list[tuple[bytes, float]] = []
+        on_sent = core.on_sent
+
+        def record(wire_id: bytes, now: float) -> None:
+            sent.append((wire_id, now))
+            on_sent(wire_id, now)
+
+        core.on_sent = record  # type: ignore[method-assign]
+        big = random.Random(1).randbytes(200_000)  # incompressible
+        t0 = trio.current_time()
+        h1 = await m.gamer.submit("echo", big, deadline=30.0)
+        h2 = await m.gamer.submit("echo", b"small", deadline=30.0)
+        assert await h1.result() == big and await h2.result() == b"small"
+        (w1, left1), (w2, left2) = sent  # one call per copy (verification off: one copy each)
+        assert w1 != w2
+        # The big frame left once all but the window's worth was through: ~(200 - 33) kB / 100 kB/s.
+        assert left1 - t0 > 1.5 and left2 >= left1
+
+
 async def test_worker_errors_arrive_typed_and_the_worker_keeps_serving(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -542,6 +542,52 @@ def test_a_busy_worker_is_replaced_not_struck() -> None:
     assert core.stats.strikes == 1 and core.reputation.is_banned(W[1], at + 5.0)
 
 
+def test_the_hedge_clock_starts_when_the_copy_leaves_the_gamer() -> None:
+    core = make(replace(HEDGING, strikes_to_ban=1), workers=3)
+    core.placer = lambda kind, cands: W[0]
+    core.on_submit(task(deadline=20.0), 0.0)
+    (c,) = sends(core.poll_effects())
+    armed = core.next_deadline()
+    assert armed is not None and armed < 20.0
+    # It waited 0.4 s behind the gamer's own uplink: the clock restarts at departure.
+    core.on_sent(c.wire_id, 0.4)
+    core.on_tick(armed)  # the old hedge time passes: nothing happens
+    assert core.poll_effects() == [] and core.stats.hedges == 0 and core.stats.strikes == 0
+    assert core.next_deadline() == 0.4 + armed
+    core.on_result(c.wire_id, W[0], right(b"input"), 0.6)
+    assert of(drain_inline(core, 0.6), Resolve)
+    assert core._latency["mc"] == pytest.approx(0.2)  # measured from departure, not from submit
+    # Without the call, the same wait strikes (and here bans) the worker.
+    core.on_submit(task(2, deadline=20.0), 10.0)
+    (d,) = sends(core.poll_effects())
+    assert d.worker == W[0]
+    at = core.next_deadline()
+    assert at is not None
+    core.on_tick(at)
+    assert core.stats.strikes == 1 and core.reputation.is_banned(W[0], at)
+    core.poll_effects()  # its replacement and the ban
+    # A copy whose hedge already fired keeps it: on_sent cannot arm a second replacement.
+    core = make(HEDGING, workers=3)
+    core.placer = lambda kind, cands: W[0]
+    core.on_submit(task(deadline=20.0), 0.0)
+    (e,) = sends(core.poll_effects())
+    hedge = core.next_deadline()
+    assert hedge is not None
+    core.on_tick(hedge)
+    (repl,) = sends(core.poll_effects())
+    assert repl.role is Role.REPLACEMENT and core.stats.hedges == 1
+    core.on_sent(e.wire_id, hedge + 0.1)
+    assert core._copies[e.wire_id].hedge_at == hedge
+    # The shell's next wake-up follows a moved clock (no early tick for the old time).
+    core = make(HEDGING, workers=3)
+    core.on_submit(task(2, deadline=30.0), 10.0)
+    (f,) = sends(core.poll_effects())
+    old = core.next_deadline()
+    assert old is not None
+    core.on_sent(f.wire_id, 10.25)
+    assert core.next_deadline() == old + 0.25
+
+
 def test_a_lone_slow_worker_is_never_struck() -> None:
     core = make(HEDGING, workers=1)
     core.on_submit(task(deadline=10.0), 0.0)
