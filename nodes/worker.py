@@ -192,6 +192,8 @@ class WorkerStats:
     signatures: int = 0
     batches_signed: int = 0
     busy_s: float = 0.0
+    #: Queued tasks their gamer cancelled before they ran (never run, never answered).
+    cancelled: int = 0
     per_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -441,7 +443,13 @@ class Worker:
                         self._queued += 1
                         nursery.start_soon(self._serve_task, task, state, send.clone(), trio.current_time())
                 elif frame.type == "C":
-                    pass  # cancellation of queued work is best effort; results are dropped by the gamer
+                    # The gamer no longer wants these (a losing copy, a hedge that lost, a
+                    # cancelled task): one still waiting for a slot gives its place up. One
+                    # already running finishes; its result is dropped by the gamer.
+                    for tid in frame.cancels:
+                        queued = state.queued.pop(tid, None)
+                        if queued is not None:
+                            queued.cancel()
                 elif frame.type == "H" and frame.hello is not None:
                     await send.send(wire.encode_hello_reply(self._hello(frame.hello, state, peer)))
                 else:
@@ -536,7 +544,15 @@ class Worker:
                 if task.shm is not None:
                     task = self._read_input(task, state)
                 self.metrics.bytes_in.inc(len(task.data))
-                done = await self._compute(task, received_at, state.segments)
+                with trio.CancelScope() as waiting:
+                    state.queued[task.task_id] = waiting
+                    try:
+                        done = await self._compute(task, received_at, state.segments, state.queued)
+                    finally:
+                        state.queued.pop(task.task_id, None)
+                if waiting.cancelled_caught:
+                    self.stats.cancelled += 1
+                    return  # its gamer cancelled it while it waited: nobody wants an answer
                 reply: wire.ResultRecord | wire.ErrorRecord | _Unsigned = done
                 result = done.record if isinstance(done, _Unsigned) else done
                 if self.behaviour is not None:
@@ -567,12 +583,17 @@ class Worker:
                 log.debug("result for %s dropped: stream closed", task.task_id.hex())
 
     async def _compute(
-        self, task: wire.TaskRecord, received_at: float, segments: shm.StreamSegments | None = None
+        self,
+        task: wire.TaskRecord,
+        received_at: float,
+        segments: shm.StreamSegments | None = None,
+        queued: dict[bytes, trio.CancelScope] | None = None,
     ) -> wire.ResultRecord | _Unsigned:
         """Run the task; the result comes signed, or unsigned for the writer to sign
         with the rest of its frame (``batch_sign``; never with test hooks installed,
         which rewrite signed records one at a time). An output bound for shared memory
-        (``segments``) stays raw: the writer puts it in a segment."""
+        (``segments``) stays raw: the writer puts it in a segment. ``queued`` holds the
+        task's cancel scope while it waits for a slot; it leaves once the task runs."""
         kind = self.registry.get(task.kind)
         params = kind.validate_params(task.params, len(task.data))
         budget = task.budget_ms / 1000 if task.budget_ms else None
@@ -582,6 +603,8 @@ class Worker:
         else:
             with trio.move_on_at(deadline) as scope:
                 async with self._limiter:
+                    if queued is not None:
+                        queued.pop(task.task_id, None)  # running: a cancel no longer stops it
                     t0 = trio.current_time()
                     self.metrics.queue_wait.labels(task.kind).observe(t0 - received_at)
                     in_digest, out_digest, output = await self._offload(kind, task, params)
@@ -733,6 +756,8 @@ class _StreamState:
     hello proved the gamer shares this host."""
 
     segments: shm.StreamSegments | None = None
+    #: Tasks of this stream waiting for a slot, by task id: a cancel frame stops them.
+    queued: dict[bytes, trio.CancelScope] = field(default_factory=dict)
 
 
 def _reply_size(r: wire.ResultRecord | wire.ErrorRecord | _Unsigned) -> int:

@@ -528,7 +528,7 @@ class Simulation:
     def _ctrl(self, nbytes: float) -> None:
         self.ctrl[self._bucket(self.loop.now)] += nbytes
 
-    def _add_busy(self, start: float, end: float) -> None:
+    def _add_busy(self, start: float, end: float, sign: float = 1.0) -> None:
         iv = self.interval_s
         t = start
         while t < end:
@@ -537,7 +537,7 @@ class Simulation:
                 return
             b_end = (i + 1) * iv
             e = end if end < b_end else b_end
-            self.busy[i] += e - t
+            self.busy[i] += sign * (e - t)
             t = e
 
     def _record(
@@ -1376,6 +1376,10 @@ class Simulation:
         self.task_seq = 0
         #: Busy seconds by copy role ("primary", ..., "probe") and who got banned.
         self.role_busy: dict[str, float] = {}
+        #: Copies waiting for a slot on their worker, by wire id: (worker, its incarnation,
+        #: start, finish, service, role, batch, result bytes); and those a cancel stopped.
+        self.waiting: dict[bytes, tuple[int, int, float, float, float, str, bool, int]] = {}
+        self.cancelled: set[bytes] = set()
         self.banned_by: dict[int, int] = {}
         self.proven_false_bans: dict[int, None] = {}
 
@@ -1477,9 +1481,7 @@ class Simulation:
                     self._penalise(g, eff)
                 else:
                     assert isinstance(eff, Cancel)
-                    # The worker is told; it still runs a copy it already started (not modelled:
-                    # a cancelled copy keeps its slot, an upper bound on the extra work).
-                    self._ctrl(self.small_bytes)
+                    self._cancel_sent(g, eff.wire_id)
         nd = core.next_deadline()
         if nd is not None and nd < g.tick_at:
             g.tick_at = nd
@@ -1714,7 +1716,48 @@ class Simulation:
         if net.loss > 0 and net.rng.random() < net.loss:
             back += max(0.2, 2.0 * net.rtt(w, g.node))
         self.task_bytes[self._bucket(finish)] += st.out_bytes
+        if start > arrive and not self.no_core:
+            # It waits for a slot on the worker: a cancel arriving before it starts stops it.
+            batch = heap is peer.batch_free
+            self.waiting[wire_id] = (w, peer.inc, start, finish, svc, role, batch, st.out_bytes)
         self.loop.schedule(back, self._copy_result, g, wire_id, w, svc, wrong, peer.inc, finish, data, lane)
+
+    def _cancel_sent(self, g: _Gamer, wire_id: bytes) -> None:
+        """The core cancelled a copy; its worker gets a cancel frame (``nodes.worker`` drops a
+        task still waiting for a slot, and runs one that has started)."""
+        self._ctrl(self.small_bytes)
+        item = self.waiting.get(wire_id)
+        if item is None:
+            return
+        d = self.net.control_delay(g.node, item[0])
+        if d is not None and self.loop.now + d < item[2]:
+            self.loop.schedule(self.loop.now + d, self._cancel_arrive, wire_id)
+
+    def _cancel_arrive(self, wire_id: bytes) -> None:
+        """A cancel reaches a worker before the copy started: the copy never runs and is never
+        answered. Its slot is given back when nothing was queued on that slot after it; else
+        the copies behind it keep the start times they were given (they are already on their
+        way back), so the worker idles in its place: the model errs on the slow side there."""
+        item = self.waiting.pop(wire_id, None)
+        if item is None:
+            return
+        w, inc, start, finish, svc, role, batch, out_bytes = item
+        peer = self.peers[w]
+        if peer.inc != inc or self.loop.now >= start:
+            return
+        heap = peer.batch_free if batch else peer.slot_free
+        if finish in heap:
+            heap[heap.index(finish)] = start
+            heapq.heapify(heap)
+        try:
+            peer.pending.remove((start, finish))
+        except ValueError:
+            pass  # already pruned
+        self._add_busy(start, start + svc, -1.0)
+        self.role_busy[role] -= svc
+        self.task_bytes[self._bucket(finish)] -= out_bytes
+        self.cancelled.add(wire_id)
+        self._count("cancelled_waiting")
 
     def _copy_sent(self, g: _Gamer, wire_id: bytes) -> None:
         g.core.on_sent(wire_id, self.loop.now)
@@ -1731,6 +1774,11 @@ class Simulation:
         data: bytes,
         lane: _Lane | None,
     ) -> None:
+        if self.waiting:
+            self.waiting.pop(wire_id, None)
+        if wire_id in self.cancelled:
+            self.cancelled.discard(wire_id)  # cancelled before it ran: no answer comes
+            return
         peer = self.peers[w]
         if peer.inc != inc or (not peer.online and peer.session_end < finish):
             self._direct_lost(g, wire_id)  # the worker died (or was killed) before it finished

@@ -437,6 +437,47 @@ async def test_cancel_raises_cancelled_and_the_late_result_is_dropped(autojump_c
         assert done.cancel() is False
 
 
+SLOW = TaskKind(
+    name="slow",
+    description="test-only: runs off the loop (queues for a slot); 1 s of virtual time here",
+    params={},
+    execute=lambda params, data: data,
+    cost=lambda params, n: 1000.0,
+    inline=False,
+)
+
+
+async def test_a_cancelled_task_still_queued_on_the_worker_gives_up_its_slot(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def one_second(
+        self: Worker, kind: TaskKind, task: wire.TaskRecord, params: dict[str, object]
+    ) -> tuple[bytes, bytes, bytes]:
+        await trio.sleep(1.0)  # the kernel's run time, in virtual time
+        return wire.digest(task.data), wire.digest(task.data), task.data
+
+    monkeypatch.setattr(Worker, "_offload", one_second)
+    registry = Registry([ECHO, SLOW])
+    net = MemoryNetwork(1, link=LinkModel(delay_s=0.01))
+    async with net.open_host() as wh, net.open_host() as gh, trio.open_nursery() as nursery:
+        worker = Worker(wh, wh.identity, registry, WorkerConfig(concurrency=1))
+        await nursery.start(worker.run)
+        async with GamerClient.connect(host=gh, config=RAW, registry=registry) as gamer:
+            await gamer.add_worker(wh.listen_addrs()[0])
+            t0 = trio.current_time()
+            first = await gamer.submit("slow", b"a", deadline=10.0)
+            await trio.sleep(0.1)  # running (trio starts a frame's tasks in no set order)
+            second = await gamer.submit("slow", b"b", deadline=10.0)  # both queued behind it
+            third = await gamer.submit("slow", b"c", deadline=10.0)
+            await trio.sleep(0.4)
+            assert second.cancel() is True
+            assert await first.result() == b"a" and await third.result() == b"c"
+            # The third ran right after the first: the second gave its slot up unrun.
+            assert trio.current_time() - t0 == pytest.approx(2.02)
+            assert worker.stats.cancelled == 1 and worker.stats.per_kind == {"slow": 2}
+        nursery.cancel_scope.cancel()
+
+
 async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:
     async with open_mesh(delay=0.01) as m:
         m.net.partition([m.gamer_host.peer_id])

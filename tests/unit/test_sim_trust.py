@@ -159,3 +159,35 @@ def test_a_periodic_stream_keeps_the_sdks_lease_shape() -> None:
         parse_scenario(dict(ONE_REGION, workloads=[dict(physics, lanes=3)]))
     with pytest.raises(ConfigError, match="max_workers"):
         parse_scenario(dict(ONE_REGION, workloads=[dict(physics, max_workers=1)]))
+
+
+def test_a_copy_cancelled_while_it_waits_for_a_slot_never_runs() -> None:
+    """``nodes.worker`` drops a task still waiting for a slot when its gamer cancels it; the
+    simulated worker does too: no answer comes back, and the slot is given back."""
+    doc = dict(ONE_REGION, duration_s=3.0, peers=dict(ONE_REGION["peers"], malicious_fraction=0.0))  # type: ignore[call-overload]
+    sim = Simulation(build_world(parse_scenario(doc), 1), "predicted")
+    sim.run()
+    now = sim.loop.now
+    g, st = sim.gamers[0], sim.streams[0]
+    w = next(p for p in range(sim.n_peers) if sim.peers[p].online and p != g.node)
+    peer = sim.peers[w]
+    peer.slot_free[:] = [now + 5.0] * len(peer.slot_free)  # every slot busy for 5 s
+    late = g.core.stats.late  # a copy the core does not know counts as late when it answers
+    gone, kept = b"c" * 16, b"k" * 16
+    sim._send_copy(g, st, None, sim.wb[w], gone, b"d" * 8, "duplicate")
+    sim._send_copy(g, st, None, sim.wb[w], kept, b"e" * 8, "duplicate")
+    assert set(sim.waiting) == {gone, kept}
+    sim._cancel_sent(g, gone)
+    sim.loop.run_until(now + 1.0)  # the cancel arrived long before the slot frees
+    assert sim.cancelled == {gone} and sim.counters["cancelled_waiting"] == 1
+    assert sorted(peer.slot_free)[:-1] == [now + 5.0] * (len(peer.slot_free) - 1)  # its slot is back
+    sim.loop.run_until(now + 30.0)
+    assert g.core.stats.late == late + 1  # only the copy still wanted was answered
+    assert not sim.waiting and not sim.cancelled
+    # A copy that started at once cannot be stopped: nothing waits, nothing is cancelled.
+    peer.slot_free[:] = [0.0] * len(peer.slot_free)
+    sim._send_copy(g, st, None, sim.wb[w], b"r" * 16, b"f" * 8, "duplicate")
+    assert not sim.waiting
+    sim._cancel_sent(g, b"r" * 16)
+    sim.loop.run_until(now + 60.0)
+    assert g.core.stats.late == late + 2
