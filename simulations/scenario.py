@@ -180,7 +180,8 @@ class WorkloadSpec:
     workers: int = 1
     #: Up to this many when every leased worker is over its slots as a task is placed (the
     #: SDK asks for one more lease then, up to ``max_workers_per_kind``, 4); 0: ``workers``.
-    #: A lease added so is kept (renewed) like the others.
+    #: A lease added so is renewed like the others; once lost (its worker gone, banned or
+    #: missing), it is asked for again only if demand still exceeds the leases held.
     max_workers: int = 0
     #: Tasks of this workload count as "simple" in the p50 < 100 ms target.
     simple: bool = False

@@ -379,6 +379,11 @@ class _Stream:
     lanes: list[_Lane] = field(default_factory=list)
     #: Lanes in use (a periodic stream grows toward ``len(lanes)`` = ``max_workers``).
     active: int = 1
+    #: Leases it holds whatever the demand (``workers``), and whether a dispatch found every
+    #: leased worker over its slots since a lease was last asked for (``nodes.mesh_client``'s
+    #: ``_wanted``): a lease beyond ``base`` that is lost is asked for again only then.
+    base: int = 1
+    wanted: bool = False
 
 
 def _msg_size(msg: Any) -> int:
@@ -493,7 +498,7 @@ class Simulation:
                 prof.params,
             )
             st.lanes = [_Lane(sd.index, k) for k in range(sd.lanes or max(wl.workers, wl.max_workers))]
-            st.active = sd.lanes or wl.workers
+            st.active = st.base = sd.lanes or wl.workers
             self.streams.append(st)
         self.gamer_ids = world.gamer_ids
         self.n_peers = world.n_peers
@@ -1187,6 +1192,8 @@ class Simulation:
         g.spread = [(ln, self.wb[ln.worker], st.slots) for ln in usable]
         g.spread_full = False
         self._submit(st, usable[0], t0)
+        if g.spread_full:
+            st.wanted = True
         if g.spread_full and st.active < len(st.lanes):
             # Every leased worker was over its slots: one more lease (nodes.mesh_client).
             st.active += 1
@@ -1198,6 +1205,18 @@ class Simulation:
         if lane.req_id is not None or (lane.worker >= 0 and lane.lease_exp - now > RENEW_MARGIN_S):
             return
         st = self.streams[lane.stream]
+        if lane.worker < 0 and st.active > st.base and (i := st.lanes.index(lane)) >= st.base:
+            # A lease beyond the stream's base, lost (or never granted): the SDK asks for it
+            # again only if demand still exceeds what it holds; else it lets it go.
+            if i >= st.active:
+                return  # not in use
+            if not st.wanted:
+                last = st.active - 1
+                st.lanes[i], st.lanes[last] = st.lanes[last], st.lanes[i]
+                st.active -= 1
+                self._count("lease_shrunk")
+                return
+            st.wanted = False
         c = self.acting[st.region]
         if c is None:
             # No coordinator known: try again shortly (the gamer follows Renew broadcasts).

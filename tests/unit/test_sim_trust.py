@@ -191,3 +191,36 @@ def test_a_copy_cancelled_while_it_waits_for_a_slot_never_runs() -> None:
     sim._cancel_sent(g, b"r" * 16)
     sim.loop.run_until(now + 60.0)
     assert g.core.stats.late == late + 2
+
+
+def test_a_lease_grown_under_load_is_let_go_once_lost_unless_still_wanted() -> None:
+    """``nodes.mesh_client`` keeps ``workers_per_kind`` leases whatever the demand, adds one
+    when every leased worker is full, and does not ask again for a lost one beyond the base
+    unless a dispatch found them all full since; the simulated gamer does the same."""
+    physics = dict(ONE_REGION["workloads"][0], workers=2, max_workers=4, slots=2)  # type: ignore[index]
+    doc = dict(
+        ONE_REGION,
+        duration_s=3.0,
+        workloads=[physics],
+        peers=dict(ONE_REGION["peers"], malicious_fraction=0.0),
+    )  # type: ignore[call-overload]
+    sim = Simulation(build_world(parse_scenario(doc), 1), "predicted")
+    sim.run()
+    st = sim.streams[0]
+    assert st.base == 2 and len(st.lanes) == 4
+    shrunk = sim.counters.get("lease_shrunk", 0)
+    st.active, st.wanted = 3, False
+    grown = st.lanes[2]
+    grown.worker, grown.req_id = -1, None  # its lease was lost
+    sim._maybe_request(grown)
+    assert st.active == 2 and grown.req_id is None and st.lanes.index(grown) >= st.active
+    assert sim.counters["lease_shrunk"] == shrunk + 1
+    st.active, st.wanted = 3, True  # ... unless every leased worker was full meanwhile
+    grown = st.lanes[2]
+    grown.worker, grown.req_id = -1, None
+    sim._maybe_request(grown)
+    assert st.active == 3 and grown.req_id is not None and not st.wanted
+    base = st.lanes[0]
+    base.worker, base.req_id = -1, None  # a base lease is always asked for again
+    sim._maybe_request(base)
+    assert base.req_id is not None and st.active == 3
