@@ -441,7 +441,12 @@ class Worker:
                             )
                             continue
                         self._queued += 1
-                        nursery.start_soon(self._serve_task, task, state, send.clone(), trio.current_time())
+                        # Its cancel scope exists from now on: a cancel frame read in the same
+                        # chunk, before the task got to run at all, still stops it.
+                        waiting = state.queued[task.task_id] = trio.CancelScope()
+                        nursery.start_soon(
+                            self._serve_task, task, state, send.clone(), trio.current_time(), waiting
+                        )
                 elif frame.type == "C":
                     # The gamer no longer wants these (a losing copy, a hedge that lost, a
                     # cancelled task): one still waiting for a slot gives its place up. One
@@ -536,7 +541,9 @@ class Worker:
         state: _StreamState,
         send: trio.MemorySendChannel[_Reply],
         received_at: float,
+        waiting: trio.CancelScope,
     ) -> None:
+        """``waiting`` is cancelled by a cancel frame until the task gets a slot."""
         async with send:
             kind_label = task.kind if task.kind in self.registry else "unknown"
             self.metrics.in_flight.inc()
@@ -544,12 +551,8 @@ class Worker:
                 if task.shm is not None:
                     task = self._read_input(task, state)
                 self.metrics.bytes_in.inc(len(task.data))
-                with trio.CancelScope() as waiting:
-                    state.queued[task.task_id] = waiting
-                    try:
-                        done = await self._compute(task, received_at, state.segments, state.queued)
-                    finally:
-                        state.queued.pop(task.task_id, None)
+                with waiting:
+                    done = await self._compute(task, received_at, state.segments, state.queued)
                 if waiting.cancelled_caught:
                     self.stats.cancelled += 1
                     return  # its gamer cancelled it while it waited: nobody wants an answer
@@ -574,6 +577,8 @@ class Worker:
                 reply = wire.ErrorRecord(task.task_id, TaskFailedError.code, f"{type(exc).__name__}: {exc}")
                 outcome = TaskFailedError.code
             finally:
+                if state.queued.get(task.task_id) is waiting:
+                    del state.queued[task.task_id]
                 self._queued -= 1
                 self.metrics.in_flight.dec()
             self.metrics.observe_task(kind_label, outcome, trio.current_time() - received_at)

@@ -478,6 +478,42 @@ async def test_a_cancelled_task_still_queued_on_the_worker_gives_up_its_slot(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_cancel_read_with_its_task_stops_it_before_it_runs(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[bytes] = []
+
+    async def instant(
+        self: Worker, kind: TaskKind, task: wire.TaskRecord, params: dict[str, object]
+    ) -> tuple[bytes, bytes, bytes]:
+        ran.append(task.data)
+        return wire.digest(task.data), wire.digest(task.data), task.data
+
+    monkeypatch.setattr(Worker, "_offload", instant)
+    registry = Registry([ECHO, SLOW])
+    net = MemoryNetwork(1, link=LinkModel(delay_s=0.01))
+    async with net.open_host() as wh, net.open_host() as gh, trio.open_nursery() as nursery:
+        worker = Worker(wh, wh.identity, registry, WorkerConfig(concurrency=1))
+        await nursery.start(worker.run)
+        async with GamerClient.connect(host=gh, config=RAW, registry=registry) as gamer:
+            await gamer.add_worker(wh.listen_addrs()[0])
+            handles: list[TaskHandle] = []
+            core = gamer._core
+            on_sent = core.on_sent
+
+            def cancel_once_written(wire_id: bytes, now: float) -> None:
+                on_sent(wire_id, now)
+                handles[0].cancel()  # the cancel frame goes right behind the task's, same instant
+
+            core.on_sent = cancel_once_written  # type: ignore[method-assign]
+            handles.append(gamer._submit("slow", b"x", None, 10.0))
+            await trio.sleep(1.0)
+            assert handles[0].done()
+            # The idle worker read both at once: the task never ran.
+            assert worker.stats.cancelled == 1 and ran == [] and worker.stats.received == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:
     async with open_mesh(delay=0.01) as m:
         m.net.partition([m.gamer_host.peer_id])
