@@ -22,7 +22,10 @@ calls) starts a ``MeshClient`` that
 5. fails over: when its coordinator stops answering (link lost, request timed out, "no
    coordinator"), it asks the region's members who coordinates now, every
    ``retry_s``; if the region has no coordinator for ``region_failover_s`` it moves to the
-   next-nearest region. A ``LeaseRedirect`` (overflow, or "ask the coordinator") is followed.
+   next-nearest region. A ``LeaseRedirect`` to the region's coordinator is followed; one to
+   another region (the coordinator's overflow) is not yet: the client keeps what it holds
+   and asks its own coordinator again later (a lease granted elsewhere would need renewals
+   and releases sent to that coordinator, whose lease ids are its own).
 
 Submitted tasks are never lost to a coordinator failure: they travel on worker links that
 do not depend on the coordinator, and the gamer resubmits tasks of a worker that dies to
