@@ -22,10 +22,12 @@ calls) starts a ``MeshClient`` that
 5. fails over: when its coordinator stops answering (link lost, request timed out, "no
    coordinator"), it asks the region's members who coordinates now, every
    ``retry_s``; if the region has no coordinator for ``region_failover_s`` it moves to the
-   next-nearest region. A ``LeaseRedirect`` to the region's coordinator is followed; one to
-   another region (the coordinator's overflow) is not yet: the client keeps what it holds
-   and asks its own coordinator again later (a lease granted elsewhere would need renewals
-   and releases sent to that coordinator, whose lease ids are its own).
+   next-nearest region. A ``LeaseRedirect`` is followed: to the region's coordinator, it
+   becomes the coordinator; to another region (the coordinator's overflow: no room here
+   within ``within_s``), the client asks that region's coordinator once for a new lease
+   (never for a renewal). Such an overflow lease is neither renewed nor released: it serves
+   until it expires, and the client then asks its own coordinator again (lease ids are per
+   coordinator, so its id must never reach ours).
 
 Submitted tasks are never lost to a coordinator failure: they travel on worker links that
 do not depend on the coordinator, and the gamer resubmits tasks of a worker that dies to
@@ -203,6 +205,8 @@ class _Lease:
     slots: int
     expires_at: float
     renew_at: float
+    #: The coordinator of another region that granted it (an overflow lease), else None.
+    foreign: str | None = None
 
 
 @dataclass
@@ -210,6 +214,8 @@ class MeshClientStats:
     leases_granted: int = 0
     leases_refused: int = 0
     redirects: int = 0
+    #: Leases granted by another region's coordinator after an overflow redirect.
+    overflow_leases: int = 0
     coordinator_changes: int = 0
     region_changes: int = 0
     #: Dispatches placed on a leased worker with a free leased slot.
@@ -249,6 +255,7 @@ class MeshClient:
     _wanted: dict[str, int] = field(default_factory=dict)
     _wake: trio.Event = field(default_factory=trio.Event)
     _member_rr: int = 0
+    _foreign_keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         # Lease enforcement at dispatch, and latencies back to the coordinator (see module doc).
@@ -466,7 +473,7 @@ class MeshClient:
             lease = self._leases[lid]
             if lease.expires_at <= now or lease.worker not in alive_workers:
                 del self._leases[lid]
-                if lease.expires_at > now:
+                if lease.expires_at > now and lease.foreign is None:
                     self._to_release.append(lid)
         wanted, self._wanted = self._wanted, {}
         for kind in self._kinds():
@@ -521,12 +528,7 @@ class MeshClient:
         now = trio.current_time()
         if isinstance(reply, cw.LeaseGrant):
             self.stats.leases_granted += 1
-            if reply.addrs:
-                self._addrs[reply.worker] = reply.addrs
-            try:
-                await self._add_worker(reply.worker)
-            except P2C2RError as exc:
-                log.info("leased worker %s unreachable: %s", reply.worker[-8:], exc)
+            if not await self._connect_granted(reply):
                 self._to_release.append(reply.lease_id)
                 return False
             if replaces is not None and replaces in self._leases:
@@ -547,7 +549,9 @@ class MeshClient:
             if reply.region == self.region:
                 self._set_coordinator(reply.coordinator)
                 raise UnavailableError("redirected to the region's coordinator")
-            return False  # overflow elsewhere: keep what we hold, ask again later
+            if replaces is not None:
+                return False  # a renewal stays here: keep what we hold, ask again later
+            return await self._overflow_request(kind, reply.region, reply.coordinator)
         if isinstance(reply, cw.LeaseRefused):
             self.stats.leases_refused += 1
             if replaces is not None and replaces in self._leases:
@@ -557,6 +561,53 @@ class MeshClient:
                 raise UnavailableError(reply.message)
             return False
         raise ProtocolError(f"unexpected reply to a lease request: {type(reply).__name__}")
+
+    async def _overflow_request(self, kind: str, region: str, coord: str) -> bool:
+        """Ask ``region``'s coordinator, once, for the lease ours overflowed to it."""
+        view = self._regions.get(region)
+        members = {m.peer for m in view.members} if view is not None else set()
+        rid = next(self._rids)
+        req = cw.LeaseRequest(
+            rid,
+            kind,
+            self.config.slots,
+            self.config.within_s,
+            1,
+            None,
+            None,
+            exclude=cw.lease_exclusions(self.gamer.banned(), members),
+        )
+        try:
+            link = await self._link(coord)
+            reply = await link.request(req, rid, self.config.request_timeout_s)
+        except P2C2RError as exc:
+            log.info("overflow to region %s failed: %s", region, exc)
+            return False
+        if not isinstance(reply, cw.LeaseGrant):
+            return False  # refused, or overflowed again: one hop only
+        if not await self._connect_granted(reply):
+            return False  # its lease expires there unused
+        self.stats.leases_granted += 1
+        self.stats.overflow_leases += 1
+        # Keyed below zero: lease ids are per coordinator and must not collide with ours.
+        key = -next(self._foreign_keys)
+        now = trio.current_time()
+        self._leases[key] = _Lease(
+            reply.lease_id, reply.worker, reply.kind, reply.slots, now + reply.ttl_s, math.inf, coord
+        )
+        log.info("region %s lent a %s lease on %s", region, kind, reply.worker[-8:])
+        return True
+
+    async def _connect_granted(self, grant: cw.LeaseGrant) -> bool:
+        """Connect to a lease's worker; False (logged) when it cannot be reached."""
+        if grant.addrs:
+            self._addrs[grant.worker] = grant.addrs
+        try:
+            await self._add_worker(grant.worker)
+        except P2C2RError as exc:
+            log.info("leased worker %s unreachable: %s", grant.worker[-8:], exc)
+            return False
+        return True
 
     async def _add_worker(self, worker: str) -> None:
         pid = peer_id_from_str(worker)

@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
+from mesh import control_wire as cw
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.gamer import GamerClient, TaskHandle
-from nodes.mesh_client import MeshClient, MeshClientConfig, join_mesh
+from nodes.mesh_client import ControlLink, MeshClient, MeshClientConfig, join_mesh
 from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
 
 
@@ -277,5 +279,55 @@ async def test_gamer_closes_links_to_workers_it_no_longer_leases_or_uses(
             assert spare_id not in gamer.workers()
             # the leased worker stays connected while idle, and a task still runs
             assert await gamer.run("echo", b"after") == b"after"
+            mesh_nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_region_lends_the_gamer_a_lease_in_the_next_region(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eu has 3 workers of 4 echo slots; the gamer wants 4 leases of 4 slots. eu's coordinator
+    overflows the fourth request to us, whose summary shows room, and the gamer follows the
+    redirect: one lease on a us worker, neither renewed nor released (its id is us's)."""
+    net = MemoryNetwork(seed=14, link=LinkModel(delay_s=0.005))
+    config = MeshClientConfig(
+        region="eu", kinds=("echo",), workers_per_kind=4, max_workers_per_kind=4, slots=4
+    )
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 3, workers=True, seed=6)
+        us = await start_region(
+            net, nursery, "us", 3, workers=True, seed=7, bootstrap=(eu[0].host.listen_addrs()[0],)
+        )
+        await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
+        await trio.sleep(3.0)  # coordinators have each other's summaries
+        us_peers = {m.peer for m in us}
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(host=gamer_host) as gamer,
+            trio.open_nursery() as mesh_nursery,
+        ):
+            mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=config)
+            await wait_for(lambda: mesh.stats.overflow_leases >= 1, timeout=20)
+            lent = [(lid, w, ttl) for lid, w, _, ttl in mesh.leases() if w in us_peers]
+            assert len(lent) == 1 and mesh.stats.redirects >= 1
+            assert any(w not in us_peers for _, w, _, _ in mesh.leases())  # eu's own leases stay
+            (lid, worker, _), until = lent[0], trio.current_time() + lent[0][2]
+            handles = [await gamer.submit("echo", b"task %d" % i, deadline=10.0) for i in range(40)]
+            assert [await h.result() for h in handles] == [b"task %d" % i for i in range(40)]
+            # Its worker dies while the lease is live: the lease is dropped, and its id (us's)
+            # is never released to eu's coordinator, where it would name another lease.
+            releases: list[int] = []
+            request = ControlLink.request
+
+            async def spy(self: ControlLink, msg: object, rid: int, timeout: float) -> object:
+                if isinstance(msg, cw.LeaseRequest):
+                    releases.extend(msg.release)
+                return await request(self, msg, rid, timeout)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(ControlLink, "request", spy)
+            next(m for m in us if m.peer == worker).kill()
+            await wait_for(lambda: all(w != worker for _, w, _, _ in mesh.leases()), timeout=10)
+            await trio.sleep(max(0.0, until - trio.current_time()) + 2.0)  # renewals went out meanwhile
+            assert releases and lid not in releases and min(releases) >= 0  # ours only
             mesh_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
