@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 
 import msgpack
@@ -105,6 +105,7 @@ async def open_mesh(
     worker_configs: list[WorkerConfig] | None = None,
     gamer_config: GamerConfig = GamerConfig(),
     stream_buffer: int = 4 << 20,
+    registry: Registry = REGISTRY,
 ) -> AsyncIterator[Mesh]:
     net = MemoryNetwork(seed, link=LinkModel(delay_s=delay), stream_buffer=stream_buffer)
     async with AsyncExitStack() as stack:
@@ -114,14 +115,14 @@ async def open_mesh(
         for i in range(n_workers):
             host = await stack.enter_async_context(net.open_host())
             worker = Worker(
-                host, host.identity, REGISTRY, worker_configs[i] if worker_configs else WORKER_CONFIG
+                host, host.identity, registry, worker_configs[i] if worker_configs else WORKER_CONFIG
             )
             await nursery.start(worker.run)
             workers.append(worker)
             hosts.append(host)
         gamer_host = await stack.enter_async_context(net.open_host())
         gamer = await stack.enter_async_context(
-            GamerClient.connect(host=gamer_host, config=gamer_config, registry=REGISTRY)
+            GamerClient.connect(host=gamer_host, config=gamer_config, registry=registry)
         )
         for host in hosts:
             await gamer.add_worker(host.listen_addrs()[0])
@@ -447,6 +448,14 @@ SLOW = TaskKind(
 )
 
 
+def open_slow_worker() -> AbstractAsyncContextManager[Mesh]:
+    """One worker with one slot that runs ``slow`` off the loop (its tasks queue for the
+    slot), and a gamer without verification: one copy per task."""
+    return open_mesh(
+        worker_configs=[WorkerConfig(concurrency=1)], gamer_config=RAW, registry=Registry([ECHO, SLOW])
+    )
+
+
 async def test_a_cancelled_task_still_queued_on_the_worker_gives_up_its_slot(
     autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -457,25 +466,19 @@ async def test_a_cancelled_task_still_queued_on_the_worker_gives_up_its_slot(
         return wire.digest(task.data), wire.digest(task.data), task.data
 
     monkeypatch.setattr(Worker, "_offload", one_second)
-    registry = Registry([ECHO, SLOW])
-    net = MemoryNetwork(1, link=LinkModel(delay_s=0.01))
-    async with net.open_host() as wh, net.open_host() as gh, trio.open_nursery() as nursery:
-        worker = Worker(wh, wh.identity, registry, WorkerConfig(concurrency=1))
-        await nursery.start(worker.run)
-        async with GamerClient.connect(host=gh, config=RAW, registry=registry) as gamer:
-            await gamer.add_worker(wh.listen_addrs()[0])
-            t0 = trio.current_time()
-            first = await gamer.submit("slow", b"a", deadline=10.0)
-            await trio.sleep(0.1)  # running (trio starts a frame's tasks in no set order)
-            second = await gamer.submit("slow", b"b", deadline=10.0)  # both queued behind it
-            third = await gamer.submit("slow", b"c", deadline=10.0)
-            await trio.sleep(0.4)
-            assert second.cancel() is True
-            assert await first.result() == b"a" and await third.result() == b"c"
-            # The third ran right after the first: the second gave its slot up unrun.
-            assert trio.current_time() - t0 == pytest.approx(2.02)
-            assert worker.stats.cancelled == 1 and worker.stats.per_kind == {"slow": 2}
-        nursery.cancel_scope.cancel()
+    async with open_slow_worker() as m:
+        worker, gamer = m.workers[0], m.gamer
+        t0 = trio.current_time()
+        first = await gamer.submit("slow", b"a", deadline=10.0)
+        await trio.sleep(0.1)  # running (trio starts a frame's tasks in no set order)
+        second = await gamer.submit("slow", b"b", deadline=10.0)  # both queued behind it
+        third = await gamer.submit("slow", b"c", deadline=10.0)
+        await trio.sleep(0.4)
+        assert second.cancel() is True
+        assert await first.result() == b"a" and await third.result() == b"c"
+        # The third ran right after the first: the second gave its slot up unrun.
+        assert trio.current_time() - t0 == pytest.approx(2.02)
+        assert worker.stats.cancelled == 1 and worker.stats.per_kind == {"slow": 2}
 
 
 async def test_a_cancel_read_with_its_task_stops_it_before_it_runs(
@@ -490,28 +493,22 @@ async def test_a_cancel_read_with_its_task_stops_it_before_it_runs(
         return wire.digest(task.data), wire.digest(task.data), task.data
 
     monkeypatch.setattr(Worker, "_offload", instant)
-    registry = Registry([ECHO, SLOW])
-    net = MemoryNetwork(1, link=LinkModel(delay_s=0.01))
-    async with net.open_host() as wh, net.open_host() as gh, trio.open_nursery() as nursery:
-        worker = Worker(wh, wh.identity, registry, WorkerConfig(concurrency=1))
-        await nursery.start(worker.run)
-        async with GamerClient.connect(host=gh, config=RAW, registry=registry) as gamer:
-            await gamer.add_worker(wh.listen_addrs()[0])
-            handles: list[TaskHandle] = []
-            core = gamer._core
-            on_sent = core.on_sent
+    async with open_slow_worker() as m:
+        worker, gamer = m.workers[0], m.gamer
+        handles: list[TaskHandle] = []
+        core = gamer._core
+        on_sent = core.on_sent
 
-            def cancel_once_written(wire_id: bytes, now: float) -> None:
-                on_sent(wire_id, now)
-                handles[0].cancel()  # the cancel frame goes right behind the task's, same instant
+        def cancel_once_written(wire_id: bytes, now: float) -> None:
+            on_sent(wire_id, now)
+            handles[0].cancel()  # the cancel frame goes right behind the task's, same instant
 
-            core.on_sent = cancel_once_written  # type: ignore[method-assign]
-            handles.append(gamer._submit("slow", b"x", None, 10.0))
-            await trio.sleep(1.0)
-            assert handles[0].done()
-            # The idle worker read both at once: the task never ran.
-            assert worker.stats.cancelled == 1 and ran == [] and worker.stats.received == 1
-        nursery.cancel_scope.cancel()
+        core.on_sent = cancel_once_written  # type: ignore[method-assign]
+        handles.append(gamer._submit("slow", b"x", None, 10.0))
+        await trio.sleep(1.0)
+        assert handles[0].done()
+        # The idle worker read both at once: the task never ran.
+        assert worker.stats.cancelled == 1 and ran == [] and worker.stats.received == 1
 
 
 async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:
