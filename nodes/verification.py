@@ -1574,6 +1574,11 @@ class VerificationCore:
                 self._retire(copy)
                 self._emit(Cancel(copy.worker, copy.wire_id))
             self._copies.pop(copy.wire_id, None)
+            # Break the task <-> copy cycle (answers hold copies too), so a finished task is
+            # freed by reference counting, not left for the cyclic collector: the SDK runs in
+            # the game's process, where full collections are frame-time spikes, and the
+            # simulator made 20,000 such cycles per 30 simulated s at 1,000 peers.
+            copy.task = None
         if t.checks:
             for cid in [cid for cid, chk in self._checks.items() if chk.task is t]:
                 del self._checks[cid]

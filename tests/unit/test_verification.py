@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import random
@@ -38,6 +39,9 @@ from nodes.verification import (
     VerificationCore,
     VerificationIncompleteError,
     VerificationTimeoutError,
+    _Answer,
+    _Copy,
+    _Task,
     drain_inline,
 )
 from tasks.registry import Registry
@@ -701,3 +705,22 @@ def test_a_steady_slow_worker_is_judged_by_its_own_pace() -> None:
         now = end
     assert not core.reputation.is_banned(W[0], now)
     assert core.stats.strikes <= 2
+
+
+def test_finished_tasks_are_freed_without_the_cyclic_collector() -> None:
+    """A resolved or rejected task leaves no reference cycle behind (task <-> copy <->
+    answer): it is freed when the core drops it, not at the next full collection, which in
+    the game's process would be a frame-time spike."""
+    gc.collect()
+    gc.disable()
+    try:
+        _transcript(3)  # resolved, mismatched, banned, tie-broken and probed tasks
+        core = make(ALWAYS_DUP)
+        core.on_submit(task(99, deadline=1.0), 0.0)
+        core.poll_effects()
+        core.on_tick(2.0)  # nobody answered: rejected at its deadline
+        assert of(core.poll_effects(), Reject) and core.pending() == 0
+        left = [o for o in gc.get_objects() if type(o) in (_Task, _Copy, _Answer)]
+        assert left == []
+    finally:
+        gc.enable()
