@@ -724,3 +724,25 @@ def test_finished_tasks_are_freed_without_the_cyclic_collector() -> None:
         assert left == []
     finally:
         gc.enable()
+
+
+def test_an_unanswered_probe_strikes_nobody_its_task_copy_does() -> None:
+    """A probe has nobody waiting on it and rides on top of real work; the simulator saw it
+    strike honest workers busy with other gamers' tiles. Silence is struck on task copies."""
+    cfg = VerificationConfig(
+        dup_floor=0.0, dup_max=0.0, dup_until_verified=0, probe_floor=1.0, probe_max=1.0, strike_interval_s=0.0
+    )
+    core = make(cfg, workers=3)
+    core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
+    core.on_submit(task(1, deadline=10.0), 0.0)
+    effs = core.poll_effects()
+    (a,) = sends(effs)
+    (probe,) = of(effs, Probe)
+    assert probe.worker == a.worker
+    core.on_tick(0.5)  # both copies are due; the worker answered nothing
+    (h,) = sends(core.poll_effects())
+    assert h.role is Role.REPLACEMENT and core.stats.strikes == 1
+    core.on_result(h.wire_id, h.worker, right(b"input"), 0.6)
+    assert of(drain_inline(core, 0.6), Resolve)
+    core.on_tick(10.0)
+    assert core.stats.probe_timeouts == 1 and core.stats.strikes == 1
