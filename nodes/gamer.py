@@ -393,6 +393,8 @@ class _WorkerLink:
     shm_off: bool = False
     #: Closed on purpose (idle): the stream is closed, not reset, and never re-dialled.
     closing: bool = False
+    #: Seconds the task stream took to open (its protocol negotiation: one round trip).
+    rtt: float | None = None
 
     @property
     def name(self) -> str:
@@ -437,6 +439,7 @@ class GamerClient:
             vconf = replace(vconf, max_failures=config.max_attempts)
         self.reputation = Reputation(config.reputation)
         self._core = VerificationCore(self.registry, self.reputation, random.Random(seed), vconf)
+        self._core.rtt_estimate = self._link_rtt
         self.metrics = NodeMetrics("gamer")
         self.cache = ResultCache(config.cache_entries, config.cache_bytes)
         #: Learned per-kind latencies (None when ``adaptive_timeouts`` is off).
@@ -529,9 +532,11 @@ class GamerClient:
         old = self._by_peer.get(peer)
         if old is not None and old.alive:
             return peer
+        t0 = trio.current_time()
         stream = await self.host.open_stream(peer, wire.PROTOCOL_ID)
         send, recv = trio.open_memory_channel[_Wire | bytes](self.config.send_queue)
         link = _WorkerLink(peer=peer, stream=stream, send=send, recv=recv, addr=addr)
+        link.rtt = trio.current_time() - t0
         self._links.append(link)
         self._by_peer[peer] = link
         self._nursery.start_soon(self._run_link, link)
@@ -544,6 +549,13 @@ class GamerClient:
 
     def workers(self) -> list[bytes]:
         return [link.peer for link in self._links if link.alive]
+
+    def _link_rtt(self, peer: bytes) -> float | None:
+        """The core's ``rtt_estimate``: the round trip measured when the worker's task stream
+        opened, before any of its answers are (so a duplicate, probe or replacement goes to a
+        near worker, not one an ocean away; the simulator gives its cores the same hook)."""
+        link = self._by_peer.get(peer)
+        return link.rtt if link is not None else None
 
     def close_idle_links(self, idle_s: float, keep: Collection[bytes] = ()) -> list[bytes]:
         """Close the links to connected workers the policy has not used for ``idle_s``

@@ -106,7 +106,9 @@ async def open_mesh(
     gamer_config: GamerConfig = GamerConfig(),
     stream_buffer: int = 4 << 20,
     registry: Registry = REGISTRY,
+    links: dict[int, LinkModel] | None = None,
 ) -> AsyncIterator[Mesh]:
+    """``links``: the gamer's link to worker i, where it is not the default (``delay``)."""
     net = MemoryNetwork(seed, link=LinkModel(delay_s=delay), stream_buffer=stream_buffer)
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -124,6 +126,8 @@ async def open_mesh(
         gamer = await stack.enter_async_context(
             GamerClient.connect(host=gamer_host, config=gamer_config, registry=registry)
         )
+        for i, model in (links or {}).items():
+            net.set_link(gamer_host.peer_id, hosts[i].peer_id, model)
         for host in hosts:
             await gamer.add_worker(host.listen_addrs()[0])
         yield Mesh(net, workers, hosts, gamer, gamer_host)
@@ -160,6 +164,19 @@ async def test_large_compressible_payloads_travel_as_zstd_and_arrive_intact(
         sent = m.net.link_stats(m.gamer_host.peer_id, m.hosts[0].peer_id).bytes
         returned = m.net.link_stats(m.hosts[0].peer_id, m.gamer_host.peer_id).bytes
         assert sent < len(data) // 10 and returned < len(data) // 10
+
+
+async def test_duplicates_go_to_workers_near_enough_by_the_stream_open_round_trip(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Worker 2 is 200 ms away; tasks have 150 ms. The core knows no worker's pace yet, so it
+    # needs the link's round trip (measured as the task stream opened) to keep every
+    # duplicate of a new, untrusted worker's task on worker 1, which can answer in time.
+    async with open_mesh(3, links={2: LinkModel(delay_s=0.1)}) as m:
+        m.gamer.set_placement(lambda kind, cands: m.hosts[0].peer_id)
+        handles = [await m.gamer.submit("echo", b"t%d" % i, deadline=0.15) for i in range(20)]
+        assert [await h.result() for h in handles] == [b"t%d" % i for i in range(20)]
+        assert m.workers[1].stats.received >= 10 and m.workers[2].stats.received == 0
 
 
 async def test_a_copys_hedge_clock_starts_when_its_frame_leaves_the_gamer(
