@@ -84,7 +84,6 @@ from mesh.membership import (
     PeerJoined,
     PeerSuspected,
 )
-from mesh.vivaldi import estimate_rtt
 from nodes.reputation import Evidence, Reputation, ReputationConfig, ReputationTrust
 from nodes.scheduler import (
     LeaseGranted,
@@ -294,6 +293,7 @@ class _Gamer:
         "pending",
         "region",
         "rep",
+        "rtt",
         "spread",
         "spread_full",
         "spread_pick",
@@ -318,6 +318,9 @@ class _Gamer:
         self.tick_at = math.inf
         #: Connected workers -> the incarnation connected to.
         self.conn: dict[int, int] = {}
+        #: Connected workers (peer id bytes) -> the round trip measured as the link opened:
+        #: the core's ``rtt_estimate``, as ``GamerClient`` gives it.
+        self.rtt: dict[bytes, float] = {}
         #: User task id -> (lane, submit time, deadline).
         self.pending: dict[bytes, tuple[_Lane, float, float]] = {}
         #: The worker the lane being submitted holds a lease on (the SDK's placer answer).
@@ -332,6 +335,7 @@ class _Gamer:
         self.lanes: list[_Lane] = []
         self.svc_last: dict[int, float] = {}
         core.lease_placer = self.place
+        core.rtt_estimate = self.rtt.get
 
     def place(self, kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
         """The SDK's placer: the worker the lane being submitted holds a lease on; over
@@ -1393,7 +1397,6 @@ class Simulation:
             core = VerificationCore(
                 self.registry, rep, random.Random(concern_seed(self.w.seed, "verify", gi)), self.vconf
             )
-            core.rtt_estimate = self._rtt_estimate(node)
             self.gamers.append(_Gamer(gi, node, self.w.region_of[node], core, rep))
         for st in self.streams:
             self.gamers[st.gamer - self.n_peers].lanes.extend(st.lanes)
@@ -1416,19 +1419,6 @@ class Simulation:
 
     def _gamer_of(self, st: _Stream) -> _Gamer:
         return self.gamers[st.gamer - self.n_peers]
-
-    def _rtt_estimate(self, node: int) -> Callable[[bytes], float | None]:
-        """The gamer's round-trip estimate to a worker: the Vivaldi distance between their
-        coordinates (what the gamer can know without measuring; the true RTT differs)."""
-        coords = self.w.coords
-        here = coords[node]
-        index = self.wb_index
-
-        def rtt(worker: bytes) -> float | None:
-            w = index.get(worker)
-            return None if w is None else estimate_rtt(coords[w], here)
-
-        return rtt
 
     def _idle_tick(self, g: _Gamer) -> None:
         """Close the links the gamer's core reports idle (``VerificationCore.idle_workers``),
@@ -1456,6 +1446,8 @@ class Simulation:
         if g.conn.get(w) == inc:
             return
         g.conn[w] = inc
+        # ``GamerClient.add_worker`` times the task stream's opening: one round trip.
+        g.rtt[self.wb[w]] = self.net.rtt(g.node, w)
         self.links_of.setdefault(w, {})[g] = None
         g.core.on_worker_up(self.wb[w], self.loop.now)
         self._drain(g)
