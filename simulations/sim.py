@@ -36,8 +36,9 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
       does not count against the worker;
     * each gamer closes, every ``IDLE_CHECK_S``, the links its core reports idle
       (``VerificationCore.idle_workers``: nothing in flight for ``IDLE_LINK_S``, no lease held
-      on the worker), and gives its core a round-trip estimate per worker (the Vivaldi
-      distance, ``VerificationCore.rtt_estimate``) so duplicates stay near; a forwarded lease
+      on the worker), and gives its core a round-trip estimate per worker (the link's RTT
+      when it opened, as ``GamerClient`` measures it: ``VerificationCore.rtt_estimate``) so
+      duplicates stay near; a forwarded lease
       request is marked so and never forwarded again (``PlacementRequest.forwarded``).
 
 Determinism: one event heap ordered by (time, seq); every random draw comes from a generator
@@ -602,7 +603,7 @@ class Simulation:
         for part in self.scn.network.partitions:
             loop.schedule(part.start_s, self._partition_start, part)
         # The world and this run's set-up live to the end: frozen, the cyclic collector never
-        # walks them again, and ``_interval`` freezes what has lived one interval. Full
+        # walks them again, and ``_interval`` freezes whatever is alive at each interval. Full
         # collections walked a gigabyte at 10,000 peers (a quarter of the run's CPU). Nothing
         # frozen is lost: objects still die by reference count (finished tasks hold no cycle),
         # and the end of the run unfreezes what is left for a collection.
