@@ -606,7 +606,8 @@ class Simulation:
         # walks them again, and ``_interval`` freezes whatever is alive at each interval. Full
         # collections walked a gigabyte at 10,000 peers (a quarter of the run's CPU). Nothing
         # frozen is lost: objects still die by reference count (finished tasks hold no cycle),
-        # and the end of the run unfreezes what is left for a collection.
+        # and the end of the run unfreezes what is left for a collection (and whatever else
+        # the process had frozen: ``gc.freeze`` is process-wide).
         gc.collect()
         gc.freeze()
         try:
