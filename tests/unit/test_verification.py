@@ -729,14 +729,7 @@ def test_finished_tasks_are_freed_without_the_cyclic_collector() -> None:
 def test_an_unanswered_probe_strikes_nobody_its_task_copy_does() -> None:
     """A probe has nobody waiting on it and rides on top of real work; the simulator saw it
     strike honest workers busy with other gamers' tiles. Silence is struck on task copies."""
-    cfg = VerificationConfig(
-        dup_floor=0.0,
-        dup_max=0.0,
-        dup_until_verified=0,
-        probe_floor=1.0,
-        probe_max=1.0,
-        strike_interval_s=0.0,
-    )
+    cfg = replace(HEDGING, probe_floor=1.0, probe_max=1.0, strike_interval_s=0.0)
     core = make(cfg, workers=3)
     core.add_known_answer("mc", {}, b"known", right(b"known"), 0.0)
     core.on_submit(task(1, deadline=10.0), 0.0)
