@@ -16,6 +16,10 @@ A frame is a 4-byte big-endian body length followed by a msgpack body::
                    tree whose root the signature covers, see ``tasks.receipt``) and
                    failures are as in ``"R"``
 - ``"C"`` cancel:  items = [task_id, ...]
+- ``"Q"`` queued (worker to gamer): items = [[task_id, wait_ms], ...]: these tasks wait
+  for a slot behind other work, about ``wait_ms`` before they start (the worker's estimate
+  from its queue); sent only for tasks whose wait is long enough to matter, so a gamer
+  hedging a copy can tell a worker busy with others' work from a silent one
 - ``"E"`` error:   items = [error_code, message]   (a frame-level error: the frame the peer
   sent could not be decoded, so no task id can be named)
 - ``"H"`` shared-memory hello (gamer to worker): items = [segment name, size, token, min_bytes];
@@ -159,11 +163,20 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedRecord:
+    """A task the worker accepted that waits about ``wait_ms`` for a slot."""
+
+    task_id: bytes
+    wait_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     type: str
     tasks: tuple[TaskRecord, ...] = ()
     results: tuple[ResultRecord | ErrorRecord, ...] = ()
     cancels: tuple[bytes, ...] = ()
+    queued: tuple[QueuedRecord, ...] = ()
     error: tuple[str, str] | None = None
     batch: SignedBatch | None = None
     hello: ShmHello | None = None
@@ -213,6 +226,10 @@ def encode_signed_results(
 
 def encode_cancels(task_ids: list[bytes]) -> bytes:
     return _frame([VERSION, "C", list(task_ids)])
+
+
+def encode_queued(records: list[QueuedRecord]) -> bytes:
+    return _frame([VERSION, "Q", [[r.task_id, r.wait_ms] for r in records]])
 
 
 def encode_error(code: str, message: str) -> bytes:
@@ -395,6 +412,12 @@ def _decode_result(item: Any) -> ResultRecord | ErrorRecord:
     raise ProtocolError("result record has an unknown shape")
 
 
+def _decode_queued(item: Any) -> QueuedRecord:
+    if not isinstance(item, list) or len(item) != 2:
+        raise ProtocolError("queued record must be [task_id, wait_ms]")
+    return QueuedRecord(_check_id(item[0]), _check_int(item[1], "queue wait"))
+
+
 def _decode_batch(items: list[Any]) -> Frame:
     if len(items) != 3:
         raise ProtocolError("signed batch must be [signature, digests, records]")
@@ -456,6 +479,8 @@ def decode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
         return _decode_batch(items)
     if ftype == "C":
         return Frame("C", cancels=tuple(_check_id(i) for i in items))
+    if ftype == "Q":
+        return Frame("Q", queued=tuple(_decode_queued(i) for i in items))
     if ftype == "E":
         if len(items) != 2:
             raise ProtocolError("error frame must be [code, message]")

@@ -1374,6 +1374,15 @@ class GamerClient:
                     for rec in frame.results:
                         await self._on_result(link, rec, batch)
                     self._drain()
+                elif frame.type == "Q":
+                    # Copies waiting behind other work on the worker: their hedges count
+                    # from the announced start (``VerificationCore.on_queued``).
+                    now = trio.current_time()
+                    for q in frame.queued:
+                        w = link.pending.get(q.task_id)
+                        if w is not None:
+                            self._core.on_queued(w.wire_id, link.peer, q.wait_ms / 1000, now)
+                    self._drain()
                 elif frame.type == "HA":
                     self._end_hello(link, frame.hello_reply)
                 elif frame.type == "E" and frame.error is not None:

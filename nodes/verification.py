@@ -34,7 +34,10 @@ correctly signed result is also a *right* one, using, per the cheating maths in
    strike and the task gets a
    replacement copy elsewhere; ``strikes_to_ban`` strikes in a row ban the worker
    locally (no transferable proof, so no evidence). Only when another worker exists:
-   a lone slow worker is never punished for being the only one.
+   a lone slow worker is never punished for being the only one. A worker that says a
+   copy waits for a slot (``on_queued``, the wire's ``"Q"`` frame) has its hedge counted
+   from the announced start (within the cap), and is not struck before that start plus
+   the copy's run time.
 7. **Bad signatures ban locally.** A result whose signature fails on a stream the Noise
    handshake authenticated can only come from that peer: it is banned at once (no
    evidence: an invalid signature proves nothing to a third party).
@@ -49,6 +52,7 @@ Inputs (all take ``now``, seconds on the shell's clock; deadlines use the same b
     on_submit(task, now)                                  a user task to place and verify
     on_result(wire_id, worker, output, now, ts_ms=, signature=)   signature already checked
     on_failure(wire_id, worker, error, now)               error reply, lost link, bad signature
+    on_sent(wire_id, now) / on_queued(wire_id, worker, wait_s, now)   left the gamer / waits for a slot
     on_check(check_id, ok, now)                           the verdict of a ``RunCheck``
     on_cancel(task_id, now) / on_tick(now)
     add_known_answer(kind, params, data, output, now, reference=None)
@@ -400,6 +404,10 @@ class VerificationStats:
     recomputes: int = 0
     strikes: int = 0
     hedges: int = 0
+    #: Copies a worker said wait for a slot (``on_queued``), and those of them it said
+    #: could not be done before their hedge cap (hedged there, unstruck).
+    queued: int = 0
+    queued_past_cap: int = 0
 
 
 # --------------------------------------------------------------------------- internals
@@ -435,6 +443,10 @@ class _Copy:
     task: _Task | None = None
     known: _Known | None = None
     live: bool = True
+    #: Its worker said it waits for a slot (``on_queued``): its latency is not the worker's
+    #: pace, and it is not silent before ``due``, its announced start plus its run time.
+    queued: bool = False
+    due: float = -math.inf
     #: Counted in its worker's in-flight load (placement weight); a hedged copy is
     #: presumed lost and stops counting, so a silent worker keeps being tried (and struck).
     counted: bool = True
@@ -1140,17 +1152,23 @@ class VerificationCore:
         c = self.config
         if not c.hedge:
             return math.inf
+        est = self._pace(kind, worker, estimate)
+        delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
+        cap = c.hedge_max_fraction * (deadline - now)
+        if cap < c.hedge_min_s:
+            return math.inf
+        return now + min(delay, cap)
+
+    def _pace(self, kind: str, worker: bytes | None, estimate: float | None) -> float | None:
+        """How long a copy of ``kind`` should run: ``worker``'s own latency for the kind
+        once known, else the larger of the kind's and the task's ``estimate``."""
         own = self._wlatency.get(worker) if worker is not None else None
         est = own.get(kind) if own is not None else None
         if est is None:
             est = self._latency.get(kind)
             if estimate is not None and (est is None or estimate > est):
                 est = estimate
-        delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
-        cap = c.hedge_max_fraction * (deadline - now)
-        if cap < c.hedge_min_s:
-            return math.inf
-        return now + min(delay, cap)
+        return est
 
     def _track(self, copy: _Copy, now: float) -> None:
         self._copies[copy.wire_id] = copy
@@ -1169,12 +1187,7 @@ class VerificationCore:
     def _arm_hedge(self, copy: _Copy, now: float) -> None:
         """Start ``copy``'s clock at ``now``: its latency and hedge time count from here."""
         copy.sent_at = now
-        t, known = copy.task, copy.known
-        kind, estimate = "", None
-        if t is not None:
-            kind, estimate = t.task.kind, t.estimate
-        elif known is not None:
-            kind, estimate = known.kind, known.estimate
+        kind, estimate = _kind_of(copy)
         old = copy.hedge_at
         copy.hedge_at = self._hedge_time(kind, now, copy.deadline, copy.ahead, copy.worker, estimate)
         # A hedge moved later keeps its heap entry, which re-queues itself when it comes up
@@ -1204,9 +1217,52 @@ class VerificationCore:
         Optional: a shell that cannot tell when bytes leave simply never calls it. A copy
         whose hedge already fired keeps it (its replacement is out)."""
         copy = self._copies.get(wire_id)
-        if copy is None or not copy.live or not copy.counted or now <= copy.sent_at:
+        if copy is None or not copy.live or not copy.counted or copy.queued or now <= copy.sent_at:
             return
         self._arm_hedge(copy, now)
+
+    def on_queued(self, wire_id: bytes, worker: bytes, wait_s: float, now: float) -> None:
+        """``worker`` took copy ``wire_id`` and says it waits about ``wait_s`` seconds for a
+        slot, behind work the gamer cannot see (other gamers' tasks; wire frame ``"Q"``).
+
+        The copy's hedge then counts from when it should start, not from the send, still
+        capped at ``hedge_max_fraction`` of the budget (the point that leaves a replacement
+        time to finish), and never earlier than it was; and a hedge before the announced
+        start plus the copy's run time strikes nobody: a worker busy with others' work is
+        not a silent one (the simulator, 1,000 peers: nearly every strike left was a
+        path-tracing tile queued behind other gamers' tiles, hedged at half its budget and
+        struck). A notice is not an answer: a worker that announces a short wait and then
+        stays silent is still hedged, and struck, at the hedge counted from the start it
+        announced.
+
+        A copy that cannot be done before its cap is not replaced at once: the simulator
+        tried, and with batch work queued on every worker each replacement was announced
+        as queued too, and replaced again, up to ``max_sends`` (4.6x the hedges)."""
+        c = self.config
+        copy = self._copies.get(wire_id)
+        if (
+            copy is None
+            or copy.worker != worker
+            or not copy.live
+            or not copy.counted  # hedged already
+            or copy.queued
+            or not c.hedge
+            or not 0.0 <= wait_s < math.inf
+        ):
+            return
+        copy.queued = True
+        self.stats.queued += 1
+        kind, estimate = _kind_of(copy)
+        start = now + wait_s
+        cap_at = copy.sent_at + c.hedge_max_fraction * (copy.deadline - copy.sent_at)
+        pace = self._pace(kind, worker, estimate)
+        copy.due = start + (pace or 0.0)
+        if copy.due > cap_at:
+            self.stats.queued_past_cap += 1
+        delay = max(c.hedge_min_s, c.hedge_factor * pace) if pace is not None else c.hedge_min_s
+        at = min(start + delay, cap_at)
+        if at > copy.hedge_at:
+            copy.hedge_at = at  # the old heap entry re-queues it when it comes up
 
     def _send(self, t: _Task, worker: bytes, role: Role, now: float) -> None:
         wid = self._new_wire_id()
@@ -1269,6 +1325,12 @@ class VerificationCore:
     # ------------------------------------------------------------------ latency, hedging, strikes
 
     def _observe_latency(self, copy: _Copy, now: float) -> None:
+        if copy.queued:
+            # Its latency is mostly a queue of other gamers' work, not the worker's pace.
+            if now <= copy.hedge_at:
+                self._strikes.pop(copy.worker, None)
+                self._last_strike.pop(copy.worker, None)
+            return
         kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
         # Capped at the hedge delay, so slow workers cannot drag the estimate (and with
         # it the point where they get hedged) up without bound.
@@ -1294,7 +1356,8 @@ class VerificationCore:
         the worker a strike unless it answered something since the copy was sent. Such a
         worker is busy, not silent (for instance with a queue of our own pipelined batch
         tiles, whose later ones outlast the hedge cap): the simulator saw hundreds of
-        honest workers banned as unresponsive that way."""
+        honest workers banned as unresponsive that way. Nor is one whose worker said the
+        copy waits behind other work and cannot be done yet (``on_queued``)."""
         if not self._eligible_besides(now, {copy.worker}):
             return  # the only worker: waiting is all there is
         self._uncount(copy)
@@ -1305,7 +1368,11 @@ class VerificationCore:
         # (the simulator, 1,000 peers: 46 % of all strikes, nearly all on honest CPU workers
         # running a path-tracing probe or with it queued behind other gamers' tiles). A
         # worker cannot tell a probe from a task, so a silent one is struck on its tasks.
-        silent = copy.known is None and self._last_answer.get(copy.worker, -math.inf) < copy.sent_at
+        silent = (
+            copy.known is None
+            and now >= copy.due
+            and self._last_answer.get(copy.worker, -math.inf) < copy.sent_at
+        )
         if silent and (last is None or now - last >= self.config.strike_interval_s):
             self.stats.strikes += 1
             self.reputation.record_fault(copy.worker, now)
@@ -1593,6 +1660,15 @@ class VerificationCore:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _kind_of(copy: _Copy) -> tuple[str, float | None]:
+    """The kind of a copy (of a task or a known answer) and its run-time estimate."""
+    if copy.task is not None:
+        return copy.task.task.kind, copy.task.estimate
+    if copy.known is not None:
+        return copy.known.kind, copy.known.estimate
+    return "", None
 
 
 def _weighted_choice(rng: random.Random, items: list[bytes], weights: list[float]) -> bytes:

@@ -16,6 +16,11 @@ Protocol errors are answered, logged with the peer id, and never take the node d
   gets an ``E`` frame and is reset; other streams are untouched;
 - a task that fails validation gets a typed error result for its task id.
 
+A task that must wait for a slot behind at least ``queue_notice_s`` of other work (by
+``QueueEstimate``, from the recent run times of the kinds queued and running) is announced
+to its gamer in a ``"Q"`` frame with the expected wait: the gamer's hedge then counts from
+the announced start, and a worker busy with other gamers' work is not struck as silent.
+
 The worker never stops reading a stream to apply back-pressure (py-libp2p resets streams
 whose reader stalls for ~5 s, see shared/notes); beyond ``max_queued`` tasks it answers
 ``rejected`` at once, so the gamer can place the work elsewhere.
@@ -116,6 +121,10 @@ class WorkerConfig:
     #: Accept the same-host shared-memory path (``nodes.shm``) when a gamer proves it
     #: shares this host; off: every payload travels on the stream.
     shm: bool = True
+    #: A task expected to wait at least this long for a slot is announced to its gamer in
+    #: a ``"Q"`` frame with the expected wait (``QueueEstimate``), so the gamer does not
+    #: take a worker busy with other gamers' work for a silent one. ``inf``: never.
+    queue_notice_s: float = 0.25
 
 
 class FrameTimeoutError(ProtocolError):
@@ -173,6 +182,71 @@ class _Unsigned:
 _Reply = wire.ResultRecord | wire.ErrorRecord | _Unsigned | bytes
 
 
+@dataclass(slots=True)
+class QueueTicket:
+    """One admitted task's share of the queue: its kind's expected run time."""
+
+    pace: float
+    started: bool = False
+    left: bool = False
+
+
+class QueueEstimate:
+    """Sans-IO: how long a task admitted now should wait for one of ``concurrency`` slots.
+
+    Every kind's run time is an average of its recent runs here. Admitted tasks add their
+    kind's run time to the work waiting; a started one moves it to the work running, until
+    its kernel is done. A new task waits when every slot is taken, waiting tasks included;
+    its wait is then the waiting work plus half the running work (on average half done),
+    spread over the slots. Rough by design: it only has to tell a gamer that a copy sits
+    behind seconds of other work, which the gamer cannot see."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = max(1, concurrency)
+        self.pace: dict[str, float] = {}
+        self.waiting_s = 0.0
+        self.running_s = 0.0
+        #: Tasks admitted and not started, and running.
+        self.waiting = 0
+        self.running = 0
+
+    def observe(self, kind: str, seconds: float) -> None:
+        old = self.pace.get(kind)
+        self.pace[kind] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def admit(self, kind: str) -> tuple[QueueTicket, float]:
+        """The new task's ticket, and the wait expected ahead of it (seconds; 0 when a
+        slot is free for it)."""
+        wait = 0.0
+        if self.waiting + self.running >= self.concurrency:
+            wait = max(0.0, self.waiting_s + self.running_s / 2) / self.concurrency
+        ticket = QueueTicket(self.pace.get(kind, 0.0))
+        self.waiting_s += ticket.pace
+        self.waiting += 1
+        return ticket, wait
+
+    def start(self, ticket: QueueTicket) -> None:
+        if not ticket.started and not ticket.left:
+            ticket.started = True
+            self.waiting_s -= ticket.pace
+            self.waiting -= 1
+            self.running_s += ticket.pace
+            self.running += 1
+
+    def leave(self, ticket: QueueTicket) -> None:
+        """Its kernel is done, or the task ended without running (failed, cancelled);
+        a second call changes nothing."""
+        if ticket.left:
+            return
+        ticket.left = True
+        if ticket.started:
+            self.running_s -= ticket.pace
+            self.running -= 1
+        else:
+            self.waiting_s -= ticket.pace
+            self.waiting -= 1
+
+
 @dataclass
 class WorkerStats:
     received: int = 0
@@ -194,6 +268,8 @@ class WorkerStats:
     busy_s: float = 0.0
     #: Queued tasks their gamer cancelled before they ran (never run, never answered).
     cancelled: int = 0
+    #: Tasks announced to their gamer as waiting for a slot (``"Q"`` frames).
+    queue_notices: int = 0
     per_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -237,6 +313,7 @@ class Worker:
         self.metrics = NodeMetrics("worker")
         self._limiter = trio.CapacityLimiter(config.concurrency)
         self._queued = 0
+        self.queue = QueueEstimate(config.concurrency)
         self._executor: Executor | None = None
         self._nursery: trio.Nursery | None = None
         #: Set when warm-up has finished (immediately when warm-up is off).
@@ -420,6 +497,7 @@ class Worker:
                     await send.send(wire.encode_error(exc.code, str(exc)))
                     continue
                 if frame.type == "T":
+                    notices: list[wire.QueuedRecord] = []
                     for task in frame.tasks:
                         self.stats.received += 1
                         if not self._admit(stream.remote_peer, trio.current_time()):
@@ -441,12 +519,18 @@ class Worker:
                             )
                             continue
                         self._queued += 1
+                        ticket, wait = self.queue.admit(task.kind)
+                        if wait >= c.queue_notice_s:
+                            notices.append(wire.QueuedRecord(task.task_id, int(wait * 1000)))
                         # Its cancel scope exists from now on: a cancel frame read in the same
                         # chunk, before the task got to run at all, still stops it.
                         waiting = state.queued[task.task_id] = trio.CancelScope()
                         nursery.start_soon(
-                            self._serve_task, task, state, send.clone(), trio.current_time(), waiting
+                            self._serve_task, task, state, send.clone(), trio.current_time(), waiting, ticket
                         )
+                    if notices:
+                        self.stats.queue_notices += len(notices)
+                        await send.send(wire.encode_queued(notices))
                 elif frame.type == "C":
                     # The gamer no longer wants these (a losing copy, a hedge that lost, a
                     # cancelled task): one still waiting for a slot gives its place up. One
@@ -542,6 +626,7 @@ class Worker:
         send: trio.MemorySendChannel[_Reply],
         received_at: float,
         waiting: trio.CancelScope,
+        ticket: QueueTicket,
     ) -> None:
         """``waiting`` is cancelled by a cancel frame until the task gets a slot."""
         async with send:
@@ -552,7 +637,7 @@ class Worker:
                     task = self._read_input(task, state)
                 self.metrics.bytes_in.inc(len(task.data))
                 with waiting:
-                    done = await self._compute(task, received_at, state.segments, state.queued)
+                    done = await self._compute(task, received_at, state.segments, state.queued, ticket)
                 if waiting.cancelled_caught:
                     self.stats.cancelled += 1
                     return  # its gamer cancelled it while it waited: nobody wants an answer
@@ -580,6 +665,7 @@ class Worker:
                 if state.queued.get(task.task_id) is waiting:
                     del state.queued[task.task_id]
                 self._queued -= 1
+                self.queue.leave(ticket)
                 self.metrics.in_flight.dec()
             self.metrics.observe_task(kind_label, outcome, trio.current_time() - received_at)
             try:
@@ -593,6 +679,7 @@ class Worker:
         received_at: float,
         segments: shm.StreamSegments | None = None,
         queued: dict[bytes, trio.CancelScope] | None = None,
+        ticket: QueueTicket | None = None,
     ) -> wire.ResultRecord | _Unsigned:
         """Run the task; the result comes signed, or unsigned for the writer to sign
         with the rest of its frame (``batch_sign``; never with test hooks installed,
@@ -610,10 +697,18 @@ class Worker:
                 async with self._limiter:
                     if queued is not None:
                         queued.pop(task.task_id, None)  # running: a cancel no longer stops it
+                    if ticket is not None:
+                        self.queue.start(ticket)
                     t0 = trio.current_time()
                     self.metrics.queue_wait.labels(task.kind).observe(t0 - received_at)
-                    in_digest, out_digest, output = await self._offload(kind, task, params)
-                    self.stats.busy_s += trio.current_time() - t0
+                    try:
+                        in_digest, out_digest, output = await self._offload(kind, task, params)
+                    finally:
+                        if ticket is not None:
+                            self.queue.leave(ticket)  # the slot is free again
+                    ran = trio.current_time() - t0
+                    self.stats.busy_s += ran
+                    self.queue.observe(task.kind, ran)
             if scope.cancelled_caught:
                 raise TaskTimeoutError(f"deadline passed before {task.kind} ran; result would be late")
         if len(output) + wire.RECORD_OVERHEAD > self.config.max_frame:

@@ -34,6 +34,9 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
     * the gamer tells its core when each copy has left its uplink (``VerificationCore.on_sent``,
       as ``GamerClient._write_tasks`` does), so time queued behind its own earlier payloads
       does not count against the worker;
+    * a worker announces a copy that must wait at least ``WorkerConfig.queue_notice_s`` for a
+      slot (the ``"Q"`` frame; ``VerificationCore.on_queued``), with the wait its FIFO queue
+      gives here (exact: the real worker estimates it from its recent run times);
     * each gamer closes, every ``IDLE_CHECK_S``, the links its core reports idle
       (``VerificationCore.idle_workers``: nothing in flight for ``IDLE_LINK_S``, no lease held
       on the worker), and gives its core a round-trip estimate per worker (the link's RTT
@@ -112,6 +115,7 @@ from nodes.verification import (
     VerificationCore,
     VerificationStats,
 )
+from nodes.worker import WorkerConfig
 from simulations.engine import EventLoop
 from simulations.network import NetworkModel
 from simulations.trust import check_verdict, evidence_proof, right_output, sim_registry, wrong_output
@@ -1382,6 +1386,7 @@ class Simulation:
         #: "none": no verification core at all (tasks go straight to the leased worker and
         #: every result is accepted): the data and control planes alone, for scale runs.
         self.no_core = spec.policy == "none"
+        self.queue_notice_s = WorkerConfig().queue_notice_s
         self.vconf = replace(base, **dict(spec.config))
         self.rconf = replace(ReputationConfig(), **dict(spec.reputation))
         self.detect = spec.self_check_detect
@@ -1745,6 +1750,12 @@ class Simulation:
             # It waits for a slot on the worker: a cancel arriving before it starts stops it.
             batch = heap is peer.batch_free
             self.waiting[wire_id] = (w, peer.inc, start, finish, svc, role, batch, st.out_bytes)
+            if start - arrive >= self.queue_notice_s:
+                self._ctrl(self.small_bytes)
+                # The worker's "Q" notice (a blocked link has already lost the copy above).
+                self.loop.schedule(
+                    arrive + net.one_way(w, g.node), self._copy_queued, g, wire_id, wb, start - arrive
+                )
         self.loop.schedule(back, self._copy_result, g, wire_id, w, svc, wrong, peer.inc, finish, data, lane)
 
     def _cancel_sent(self, g: _Gamer, wire_id: bytes) -> None:
@@ -1786,6 +1797,11 @@ class Simulation:
 
     def _copy_sent(self, g: _Gamer, wire_id: bytes) -> None:
         g.core.on_sent(wire_id, self.loop.now)
+
+    def _copy_queued(self, g: _Gamer, wire_id: bytes, wb: bytes, wait: float) -> None:
+        """A worker's ``"Q"`` notice reaches the gamer (``GamerClient._read_link``)."""
+        g.core.on_queued(wire_id, wb, wait, self.loop.now)
+        self._drain(g)
 
     def _copy_result(
         self,
@@ -1840,7 +1856,7 @@ class Simulation:
             for f in ("submitted", "resolved", "rejected", "timeouts", "probes", "probes_passed",
                       "probes_failed", "probe_timeouts", "self_check_failures", "mismatches",
                       "mismatches_unproven", "unconfirmed", "bans", "late", "recomputes", "strikes",
-                      "hedges"):  # fmt: skip
+                      "hedges", "queued", "queued_past_cap"):  # fmt: skip
                 setattr(tot, f, getattr(tot, f) + getattr(st, f))
             for role, n in st.sends.items():
                 tot.sends[role] = tot.sends.get(role, 0) + n

@@ -528,6 +528,80 @@ async def test_a_cancel_read_with_its_task_stops_it_before_it_runs(
         assert worker.stats.cancelled == 1 and ran == [] and worker.stats.received == 1
 
 
+async def _one_second(
+    self: Worker, kind: TaskKind, task: wire.TaskRecord, params: dict[str, object]
+) -> tuple[bytes, bytes, bytes]:
+    await trio.sleep(1.0)  # the kernel's run time, in virtual time
+    return wire.digest(task.data), wire.digest(task.data), task.data
+
+
+async def test_a_worker_announces_the_wait_of_tasks_queued_behind_others(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Worker, "_offload", _one_second)
+    async with open_slow_worker() as m:
+        worker, core = m.workers[0], m.gamer._core
+        notices: list[tuple[bytes, float, float]] = []
+        on_queued = core.on_queued
+
+        def record(wire_id: bytes, peer: bytes, wait_s: float, now: float) -> None:
+            notices.append((wire_id, wait_s, now))
+            on_queued(wire_id, peer, wait_s, now)
+
+        core.on_queued = record  # type: ignore[method-assign]
+        assert await m.gamer.run("slow", b"first", deadline=10.0) == b"first"
+        assert notices == []  # an idle worker announces nothing (nor does one of unknown pace)
+        t0 = trio.current_time()
+        handles = [await m.gamer.submit("slow", b"t%d" % i, deadline=10.0) for i in range(3)]
+        assert [await h.result() for h in handles] == [b"t0", b"t1", b"t2"]
+        # The second and third waited 1 s and 2 s behind the first; the worker's estimates
+        # (its queue's work at its measured 1 s pace) say so, within the half-run slack.
+        assert worker.stats.queue_notices == 2 == len(notices)
+        waits = sorted(w for _, w, _ in notices)
+        assert 0.5 <= waits[0] <= 1.0 and 1.5 <= waits[1] <= 2.0
+        assert all(now - t0 == pytest.approx(0.02) for _, _, now in notices)  # one round trip
+
+
+async def test_a_worker_busy_with_another_gamers_tasks_is_not_struck_as_silent(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 12 of the simulator, end to end: a task queued behind another gamer's work
+    is hedged from the start its worker announces, instead of being taken for silence."""
+    monkeypatch.setattr(Worker, "_offload", _one_second)
+    # Hedging and strikes only: no self-check (``slow`` is checked in a thread, and the
+    # autojump clock would run past the deadline meanwhile), no duplicates, no probes.
+    trust = replace(VerificationConfig.off(), hedge=True, strikes_to_ban=1, strike_interval_s=0.0)
+
+    async def run(notice_s: float) -> tuple[bool, int, int, bool]:
+        cfg = replace(WORKER_CONFIG, concurrency=1, queue_notice_s=notice_s)
+        gamer_cfg = GamerConfig(verification=trust)
+        registry = Registry([ECHO, SLOW])
+        async with open_mesh(2, worker_configs=[cfg, cfg], gamer_config=gamer_cfg, registry=registry) as m:
+            busy = m.hosts[0]
+            async with (
+                m.net.open_host() as other_host,
+                GamerClient.connect(host=other_host, config=gamer_cfg, registry=registry) as other,
+            ):
+                await other.add_worker(busy.listen_addrs()[0])
+                await other.run("slow", b"warm", deadline=10.0)  # the worker learns its pace
+                theirs = [await other.submit("slow", b"o%d" % i, deadline=20.0) for i in range(4)]
+                await trio.sleep(0.1)
+                m.gamer.set_placement(lambda kind, cands: busy.peer_id)
+                mine = await m.gamer.submit("slow", b"mine", deadline=10.0)
+                assert await mine.result() == b"mine"
+                for h in theirs:
+                    await h.result()
+            st = m.gamer._core.stats
+            banned = m.gamer.reputation.is_banned(busy.peer_id, trio.current_time())
+            return mine.worker == busy.peer_id, st.queued, st.strikes, banned
+
+    from_busy, queued, strikes, banned = await run(0.25)
+    assert from_busy and queued == 1 and strikes == 0 and not banned
+    # Without the notice, its hedge (4 x the kind's 1 s estimate) fires while it still waits.
+    _, queued, strikes, banned = await run(math.inf)
+    assert queued == 0 and strikes == 1 and banned
+
+
 async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:
     async with open_mesh(delay=0.01) as m:
         m.net.partition([m.gamer_host.peer_id])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.util
+import math
 import random
 import sys
 from dataclasses import replace
@@ -590,6 +591,108 @@ def test_the_hedge_clock_starts_when_the_copy_leaves_the_gamer() -> None:
     assert old is not None
     core.on_sent(f.wire_id, 10.25)
     assert core.next_deadline() == old + 0.25
+
+
+def _queued_core(strikes_to_ban: int = 1) -> tuple[VerificationCore, SendTo]:
+    """A core whose first task (60 s budget, hedge cap at 30 s) went to W[0]."""
+    core = make(replace(HEDGING, strikes_to_ban=strikes_to_ban), workers=3)
+    core.placer = lambda kind, cands: W[0] if any(w == W[0] for w, _ in cands) else None
+    core.on_submit(task(1, deadline=60.0), 0.0)
+    (c,) = sends(core.poll_effects())
+    assert c.worker == W[0] and core.next_deadline() == pytest.approx(0.5)  # hedge_min_s
+    return core, c
+
+
+def test_a_copy_queued_behind_other_work_is_hedged_from_its_announced_start() -> None:
+    """Finding 12 of the simulator: tiles queued behind other gamers' tiles were hedged at
+    half their budget and their honest workers struck. The worker's ``"Q"`` notice moves
+    the hedge to its announced start plus the usual delay."""
+    core, c = _queued_core()
+    core.on_queued(c.wire_id, W[0], 10.0, 0.05)
+    assert core.stats.queued == 1
+    assert core.next_deadline() == pytest.approx(0.05 + 10.0 + 0.5)
+    core.on_tick(5.0)
+    assert core.poll_effects() == [] and core.stats.hedges == 0 and core.stats.strikes == 0
+    core.on_result(c.wire_id, W[0], right(b"input"), 10.3)
+    (res,) = of(drain_inline(core, 10.3), Resolve)
+    assert res.worker == W[0] and core.stats.strikes == 0
+    assert not core.reputation.is_banned(W[0], 10.3)
+    assert "mc" not in core._latency  # a queue of others' work is not anyone's pace
+    # Without the notice the same wait strikes (here: bans) the worker at hedge_min_s.
+    core, c = _queued_core()
+    core.on_tick(0.5)
+    drain_inline(core, 0.5)
+    assert core.stats.strikes == 1 and core.reputation.is_banned(W[0], 0.5)
+
+
+def test_a_worker_that_announces_a_wait_and_stays_silent_is_still_struck() -> None:
+    core, c = _queued_core()
+    core.on_queued(c.wire_id, W[0], 1.0, 0.05)
+    at = core.next_deadline()
+    assert at == pytest.approx(1.55)
+    core.on_tick(at)
+    effs = drain_inline(core, at)
+    (repl,) = sends(effs)
+    assert repl.role is Role.REPLACEMENT and repl.worker != W[0]
+    assert core.stats.strikes == 1 and core.reputation.is_banned(W[0], at)
+
+
+def test_a_copy_that_cannot_be_done_before_its_cap_is_hedged_there_unstruck() -> None:
+    core, c = _queued_core()
+    core.on_queued(c.wire_id, W[0], 40.0, 0.05)  # starts after the 30 s hedge cap
+    assert core.poll_effects() == [] and core.stats.queued_past_cap == 1
+    assert core.next_deadline() == pytest.approx(30.0)  # the cap leaves a replacement time
+    core.on_tick(30.0)
+    (repl,) = sends(core.poll_effects())
+    assert repl.role is Role.REPLACEMENT and repl.worker != W[0]
+    assert core.stats.hedges == 1 and core.stats.strikes == 0  # it said so: not silent
+    core.on_result(repl.wire_id, repl.worker, right(b"input"), 31.0)
+    effs = drain_inline(core, 31.0)
+    assert of(effs, Resolve) and Cancel(W[0], c.wire_id) in effs  # it gives its slot up
+    assert not core.reputation.is_banned(W[0], 31.0)
+    # Without the notice, the same copy is struck at its hedge (here: banned).
+    core, c = _queued_core()
+    core.on_tick(30.0)
+    drain_inline(core, 30.0)
+    assert core.stats.strikes == 1 and core.reputation.is_banned(W[0], 30.0)
+
+
+@pytest.mark.parametrize(
+    ("worker", "wait", "known"),
+    [
+        (W[1], 10.0, True),
+        (W[0], -1.0, True),
+        (W[0], math.nan, True),
+        (W[0], math.inf, True),
+        (W[0], 10.0, False),
+    ],
+)
+def test_notices_for_other_workers_copies_or_with_bad_waits_change_nothing(
+    worker: bytes, wait: float, known: bool
+) -> None:
+    core, c = _queued_core()
+    core.on_queued(c.wire_id if known else b"?" * 16, worker, wait, 0.05)
+    assert core.stats.queued == 0 and core.poll_effects() == []
+    assert core.next_deadline() == pytest.approx(0.5)
+
+
+def test_only_the_first_notice_counts_and_the_hedge_never_moves_earlier() -> None:
+    core, c = _queued_core()
+    core.on_queued(c.wire_id, W[0], 10.0, 0.05)
+    core.on_queued(c.wire_id, W[0], 0.0, 0.1)  # a second notice cannot pull the hedge in
+    core.on_sent(c.wire_id, 0.2)  # nor can a late departure re-arm it
+    assert core.stats.queued == 1 and core.next_deadline() == pytest.approx(10.55)
+    # A copy behind one of ours on the same worker (ahead=1) has a later hedge than its
+    # announced start plus the worker's pace: the hedge stays where it was.
+    core, c = _queued_core()
+    core.on_result(c.wire_id, W[0], right(b"input"), 0.4)  # W[0]'s pace: 0.4 s
+    drain_inline(core, 0.4)
+    core.on_submit(task(2, deadline=60.0), 1.0)
+    core.on_submit(task(3, deadline=60.0), 1.0)
+    _, third = sends(core.poll_effects())
+    assert core._copies[third.wire_id].hedge_at == pytest.approx(1.0 + 4.0 * 0.4 * 2)
+    core.on_queued(third.wire_id, W[0], 1.0, 1.05)  # 1.05 + 1 + 4 x 0.4 s would be earlier
+    assert core._copies[third.wire_id].hedge_at == pytest.approx(4.2)
 
 
 def test_a_lone_slow_worker_is_never_struck() -> None:

@@ -123,6 +123,19 @@ def test_results_round_trip_however_split(
     assert frames == [wire.Frame("R", results=tuple(results))]
 
 
+@given(st.lists(st.builds(wire.QueuedRecord, task_ids, st.integers(0, 2**63 - 1)), max_size=8))
+def test_queued_frames_round_trip(records: list[wire.QueuedRecord]) -> None:
+    assert decode_all(wire.encode_queued(records), [2, 9]) == [wire.Frame("Q", queued=tuple(records))]
+
+
+@pytest.mark.parametrize(
+    "item", [[b"\x01" * 15, 5], [b"\x01" * 16, -1], [b"\x01" * 16, 1.5], [b"\x01" * 16, True], [b"\x01" * 16]]
+)
+def test_a_malformed_queued_record_is_a_protocol_error(item: list[Any]) -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_frame(msgpack.packb([wire.VERSION, "Q", [item]], use_bin_type=True))
+
+
 @given(st.lists(task_ids, max_size=10), st.text(max_size=64), st.text(max_size=300))
 def test_cancel_and_error_frames_round_trip(ids: list[bytes], code: str, message: str) -> None:
     stream = wire.encode_cancels(ids) + wire.encode_error(code, message)
@@ -224,10 +237,11 @@ def _valid_items(ftype: str) -> list[Any]:
         "R": [tid, 1, b"out", 0, 5, b"s" * 64],
         "E": ["code", "message"],
         "C": [tid, tid],
+        "Q": [tid, 250],
     }[ftype]
 
 
-@given(st.sampled_from(["T", "R", "C", "E"]), st.data())
+@given(st.sampled_from(["T", "R", "C", "E", "Q"]), st.data())
 @settings(max_examples=400)
 def test_well_framed_bodies_with_arbitrary_items_raise_only_protocol_errors(
     ftype: str, data: st.DataObject
@@ -263,6 +277,7 @@ def test_well_framed_bodies_with_arbitrary_items_raise_only_protocol_errors(
         else:
             assert isinstance(r.code, str) and isinstance(r.message, str)
     assert all(isinstance(c, bytes) and len(c) == 16 for c in frame.cancels)
+    assert all(len(q.task_id) == 16 and type(q.wait_ms) is int and q.wait_ms >= 0 for q in frame.queued)
 
 
 @pytest.mark.parametrize("version", [0, 2, 255, True, "1", None, [1]])
