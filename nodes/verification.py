@@ -1331,7 +1331,7 @@ class VerificationCore:
                 self._strikes.pop(copy.worker, None)
                 self._last_strike.pop(copy.worker, None)
             return
-        kind = copy.task.task.kind if copy.task is not None else copy.known.kind if copy.known else ""
+        kind = _kind_of(copy)[0]
         # Capped at the hedge delay, so slow workers cannot drag the estimate (and with
         # it the point where they get hedged) up without bound.
         lat = max(0.0, now - copy.sent_at)
