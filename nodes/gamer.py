@@ -1378,6 +1378,7 @@ class GamerClient:
                     # Copies waiting behind other work on the worker: their hedges count
                     # from the announced start (``VerificationCore.on_queued``).
                     now = trio.current_time()
+                    self.metrics.queue_notices_received.inc(len(frame.queued))
                     for q in frame.queued:
                         w = link.pending.get(q.task_id)
                         if w is not None:

@@ -96,6 +96,14 @@ class NodeMetrics:
         self._latency_children: dict[str, Histogram] = {}
         self.in_flight = Gauge("p2c2r_tasks_in_flight", "Tasks queued or running", registry=r)
         self.protocol_errors = Counter("p2c2r_protocol_errors", "Frames or messages refused", registry=r)
+        self.queue_notices = Counter(
+            "p2c2r_queue_notices",
+            'Tasks announced as waiting for a kernel slot ("Q" frames): sent (worker), received (gamer)',
+            ["direction"],
+            registry=r,
+        )
+        self.queue_notices_sent = self.queue_notices.labels("sent")
+        self.queue_notices_received = self.queue_notices.labels("received")
         # SDK optimisations (gamer) and batch receipts (both sides).
         self.cache = Counter(
             "p2c2r_result_cache",

@@ -530,6 +530,7 @@ class Worker:
                         )
                     if notices:
                         self.stats.queue_notices += len(notices)
+                        self.metrics.queue_notices_sent.inc(len(notices))
                         await send.send(wire.encode_queued(notices))
                 elif frame.type == "C":
                     # The gamer no longer wants these (a losing copy, a hedge that lost, a

@@ -45,6 +45,7 @@ from mesh.identity import Identity
 from mesh.memory import LinkModel, MemoryHost, MemoryNetwork, MemoryStream
 from mesh.transport import Stream
 from nodes.gamer import GamerClient, GamerConfig, TaskHandle
+from nodes.metrics import parse_prometheus
 from nodes.verification import VerificationConfig
 from nodes.worker import Worker, WorkerConfig
 from tasks.kernels.echo import ECHO
@@ -557,6 +558,16 @@ async def test_a_worker_announces_the_wait_of_tasks_queued_behind_others(
         # The second and third waited 1 s and 2 s behind the first; the worker's estimates
         # (its queue's work at its measured 1 s pace) say so, within the half-run slack.
         assert worker.stats.queue_notices == 2 == len(notices)
+
+        def exported(text: bytes) -> dict[str, float]:
+            return {
+                labels["direction"]: value
+                for name, labels, value in parse_prometheus(text.decode())
+                if name == "p2c2r_queue_notices_total"
+            }
+
+        assert exported(worker.metrics.render())["sent"] == 2
+        assert exported(m.gamer.metrics.render())["received"] == 2
         waits = sorted(w for _, w, _ in notices)
         assert 0.5 <= waits[0] <= 1.0 and 1.5 <= waits[1] <= 2.0
         assert all(now - t0 == pytest.approx(0.02) for _, _, now in notices)  # one round trip
