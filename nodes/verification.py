@@ -443,13 +443,17 @@ class _Copy:
     task: _Task | None = None
     known: _Known | None = None
     live: bool = True
-    #: Its worker said it waits for a slot (``on_queued``): its latency is not the worker's
-    #: pace, and it is not silent before ``due``, its announced start plus its run time.
-    queued: bool = False
+    #: Set when its worker said it waits for a slot (``on_queued``): its announced start
+    #: plus its run time, before which it is not silent.
     due: float = -math.inf
     #: Counted in its worker's in-flight load (placement weight); a hedged copy is
     #: presumed lost and stops counting, so a silent worker keeps being tried (and struck).
     counted: bool = True
+
+    @property
+    def queued(self) -> bool:
+        """Its worker said it waits for a slot: its latency is not the worker's pace."""
+        return self.due > -math.inf
 
 
 @dataclass(eq=False, slots=True)
@@ -1156,12 +1160,17 @@ class VerificationCore:
         c = self.config
         if not c.hedge:
             return math.inf
-        est = self._pace(kind, worker, estimate)
-        delay = max(c.hedge_min_s, c.hedge_factor * est * (1 + ahead)) if est is not None else c.hedge_min_s
+        delay = self._hedge_delay(self._pace(kind, worker, estimate), ahead)
         cap = c.hedge_max_fraction * (deadline - now)
         if cap < c.hedge_min_s:
             return math.inf
         return now + min(delay, cap)
+
+    def _hedge_delay(self, pace: float | None, ahead: int = 0) -> float:
+        """``hedge_factor`` x the copy's expected run time, once more per copy ahead of it
+        on the same worker, at least ``hedge_min_s`` (``hedge_min_s`` when unknown)."""
+        c = self.config
+        return max(c.hedge_min_s, c.hedge_factor * pace * (1 + ahead)) if pace is not None else c.hedge_min_s
 
     def _pace(self, kind: str, worker: bytes | None, estimate: float | None) -> float | None:
         """How long a copy of ``kind`` should run: ``worker``'s own latency for the kind
@@ -1254,7 +1263,6 @@ class VerificationCore:
             or not 0.0 <= wait_s < math.inf
         ):
             return
-        copy.queued = True
         self.stats.queued += 1
         kind, estimate = _kind_of(copy)
         start = now + wait_s
@@ -1267,8 +1275,7 @@ class VerificationCore:
                 queued[kind] = copy.due
         if copy.due > cap_at:
             self.stats.queued_past_cap += 1
-        delay = max(c.hedge_min_s, c.hedge_factor * pace) if pace is not None else c.hedge_min_s
-        at = min(start + delay, cap_at)
+        at = min(start + self._hedge_delay(pace), cap_at)
         if at > copy.hedge_at:
             copy.hedge_at = at  # the old heap entry re-queues it when it comes up
 

@@ -638,7 +638,7 @@ class Worker:
                     task = self._read_input(task, state)
                 self.metrics.bytes_in.inc(len(task.data))
                 with waiting:
-                    done = await self._compute(task, received_at, state.segments, state.queued, ticket)
+                    done = await self._compute(task, received_at, ticket, state.segments, state.queued)
                 if waiting.cancelled_caught:
                     self.stats.cancelled += 1
                     return  # its gamer cancelled it while it waited: nobody wants an answer
@@ -678,15 +678,16 @@ class Worker:
         self,
         task: wire.TaskRecord,
         received_at: float,
+        ticket: QueueTicket,
         segments: shm.StreamSegments | None = None,
         queued: dict[bytes, trio.CancelScope] | None = None,
-        ticket: QueueTicket | None = None,
     ) -> wire.ResultRecord | _Unsigned:
         """Run the task; the result comes signed, or unsigned for the writer to sign
         with the rest of its frame (``batch_sign``; never with test hooks installed,
         which rewrite signed records one at a time). An output bound for shared memory
         (``segments``) stays raw: the writer puts it in a segment. ``queued`` holds the
-        task's cancel scope while it waits for a slot; it leaves once the task runs."""
+        task's cancel scope while it waits for a slot; it leaves once the task runs.
+        ``ticket`` is the task's share of ``self.queue``, started and left with its kernel."""
         kind = self.registry.get(task.kind)
         params = kind.validate_params(task.params, len(task.data))
         budget = task.budget_ms / 1000 if task.budget_ms else None
@@ -698,15 +699,13 @@ class Worker:
                 async with self._limiter:
                     if queued is not None:
                         queued.pop(task.task_id, None)  # running: a cancel no longer stops it
-                    if ticket is not None:
-                        self.queue.start(ticket)
+                    self.queue.start(ticket)
                     t0 = trio.current_time()
                     self.metrics.queue_wait.labels(task.kind).observe(t0 - received_at)
                     try:
                         in_digest, out_digest, output = await self._offload(kind, task, params)
                     finally:
-                        if ticket is not None:
-                            self.queue.leave(ticket)  # the slot is free again
+                        self.queue.leave(ticket)  # the slot is free again
                     ran = trio.current_time() - t0
                     self.stats.busy_s += ran
                     self.queue.observe(task.kind, ran)
