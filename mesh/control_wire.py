@@ -55,7 +55,7 @@ from mesh.errors import (
     VerificationError,
 )
 from mesh.vivaldi import Coord
-from mesh.wire import MSGPACK_ERRORS, FrameDecoder
+from mesh.wire import MAX_PRIORITY, MSGPACK_ERRORS, FrameDecoder
 
 __all__ = [
     "DOMAIN_HEARTBEAT",
@@ -723,7 +723,7 @@ def _decode_rest(mtype: str, f: Any) -> ControlMessage:
             kind=_str(f[1], "kind", MAX_KIND),
             slots=_int(f[2], "slots", 1, 1 << 20),
             within_s=_float(f[3], "within", 0.0, 86400.0),
-            priority=_int(f[4], "priority", 0, 15),
+            priority=_int(f[4], "priority", 0, MAX_PRIORITY),
             coord=_opt_coord(f[5]),
             affinity=_opt_str(f[6], "affinity", MAX_PEER),
             release=tuple(_int(i, "lease id") for i in _list(f[7], "releases", MAX_RELEASES)),

@@ -6,7 +6,7 @@ A frame is a 4-byte big-endian body length followed by a msgpack body::
 
 ``type`` is one of
 
-- ``"T"`` tasks:   items = [[task_id(16 bytes), kind, params(map), data, enc, budget_ms], ...]
+- ``"T"`` tasks:   items = [[task_id(16 bytes), kind, params(map), data, enc, budget_ms(, priority)], ...]
 - ``"R"`` results: items = [[task_id, 1, output, enc, ts_ms, signature], ...]  (success)
                           or [[task_id, 0, error_code, message], ...]        (typed failure)
 - ``"S"`` results signed as one batch:
@@ -75,6 +75,13 @@ MAX_PARAMS = 64
 MAX_MESSAGE_LEN = 4096
 SIGNATURE_LEN = 64
 DIGEST_LEN = 32
+#: Priority classes of a task, as the coordinator's scheduler orders them (strict, lowest
+#: first): frame-critical work, normal interactive work, and batch work, which a worker
+#: runs in a niced background lane so that it never holds a slot an interactive task needs.
+PRIORITY_FRAME = 0
+PRIORITY_NORMAL = 1
+PRIORITY_BATCH = 2
+MAX_PRIORITY = 15
 #: Bytes a record adds to its frame besides payload, kind and parameters (generous), so
 #: senders can refuse a record that could never fit in a peer's ``max_frame``.
 RECORD_OVERHEAD = 256
@@ -131,6 +138,9 @@ class TaskRecord:
     budget_ms: int = 0
     #: Set (with ``enc`` ``ENC_SHM`` and empty ``data``) when the input is in shared memory.
     shm: ShmRef | None = None
+    #: The task's priority class (``PRIORITY_FRAME`` .. ``MAX_PRIORITY``): a worker runs
+    #: ``PRIORITY_BATCH`` and above in its niced background lane, behind interactive work.
+    priority: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +206,12 @@ def _payload(data: bytes, shm: ShmRef | None) -> bytes | list[Any]:
 
 
 def encode_tasks(tasks: list[TaskRecord]) -> bytes:
-    items = [[t.task_id, t.kind, t.params, _payload(t.data, t.shm), t.enc, t.budget_ms] for t in tasks]
+    items: list[list[Any]] = []
+    for t in tasks:
+        item = [t.task_id, t.kind, t.params, _payload(t.data, t.shm), t.enc, t.budget_ms]
+        if t.priority != PRIORITY_NORMAL:
+            item.append(t.priority)  # a normal task keeps the 6-field record older workers read
+        items.append(item)
     return _frame([VERSION, "T", items])
 
 
@@ -374,9 +389,12 @@ def _check_str(x: Any, what: str, limit: int) -> str:
 
 
 def _decode_task(item: Any) -> TaskRecord:
-    if not isinstance(item, list) or len(item) != 6:
-        raise ProtocolError("task record must be a list of 6 fields")
-    tid, kind, params, data, enc, budget = item
+    if not isinstance(item, list) or len(item) not in (6, 7):
+        raise ProtocolError("task record must be a list of 6 fields (7 with a priority)")
+    tid, kind, params, data, enc, budget = item[:6]
+    priority = item[6] if len(item) == 7 else PRIORITY_NORMAL
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ProtocolError(f"task priority must be an integer from 0 to {MAX_PRIORITY}")
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise ProtocolError(f"task params must be a map of at most {MAX_PARAMS} entries")
     if not all(isinstance(k, str) for k in params):
@@ -390,6 +408,7 @@ def _decode_task(item: Any) -> TaskRecord:
         enc=code,
         budget_ms=_check_int(budget, "task budget"),
         shm=shm,
+        priority=priority,
     )
 
 

@@ -93,7 +93,17 @@ def _node_config(args: argparse.Namespace) -> Any:
     node_t = conf.get("node", {})
     worker_t = conf.get("worker", {})
     known_node = {"listen", "key_file", "peers", "bootstrap", "region", "voters", "mdns"}
-    known_worker = {"concurrency", "executor", "max_queued", "max_frame_mib", "warmup", "batch_sign", "shm"}
+    known_worker = {
+        "concurrency",
+        "batch_concurrency",
+        "batch_nice",
+        "executor",
+        "max_queued",
+        "max_frame_mib",
+        "warmup",
+        "batch_sign",
+        "shm",
+    }
     for table, known, name in ((node_t, known_node, "node"), (worker_t, known_worker, "worker")):
         extra = sorted(set(table) - known)
         if extra:
@@ -115,8 +125,12 @@ def _node_config(args: argparse.Namespace) -> Any:
         wc = replace(wc, executor=executor)
     if args.warmup or worker_t.get("warmup"):
         wc = replace(wc, warmup=True)
-    if "max_queued" in worker_t:
-        wc = replace(wc, max_queued=int(worker_t["max_queued"]))
+    for key, low in (("max_queued", 1), ("batch_concurrency", 0), ("batch_nice", 0)):
+        if key in worker_t:
+            value = worker_t[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"[worker] {key} must be an integer of at least {low}, got {value!r}")
+            wc = replace(wc, **{key: worker_t[key]})
     for flag in ("batch_sign", "shm"):
         if flag in worker_t:
             if not isinstance(worker_t[flag], bool):
@@ -169,7 +183,8 @@ async def _run_node(args: argparse.Namespace) -> None:
         console.print(f"  key file     {config.key_file}")
         console.print(f"  kinds        {', '.join(node.registry.names())}")
         console.print(
-            f"  executor     {w.executor} x {w.concurrency}, max frame {w.max_frame // (1024 * 1024)} MiB"
+            f"  executor     {w.executor} x {w.concurrency} + batch x {w.batch_concurrency or w.concurrency}"
+            f" (nice +{w.batch_nice}), max frame {w.max_frame // (1024 * 1024)} MiB"
         )
         console.print("  security     Noise (plaintext refused), yamux, protocol /p2c2r/task/1.0.0")
         cc = config.control

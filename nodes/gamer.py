@@ -66,7 +66,7 @@ import os
 import random
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,6 +188,24 @@ class GamerConfig:
     #: the stream (``nodes.shm``). Off: every payload takes the stream.
     shm: bool = True
     shm_min_bytes: int = SHM_MIN_BYTES
+    #: Each kind's priority class when ``submit`` names none (``wire.PRIORITY_FRAME``,
+    #: ``PRIORITY_NORMAL``, ``PRIORITY_BATCH``; unnamed kinds: normal). Workers run batch
+    #: tasks in a niced background lane, so tiles never hold a slot a frame needs; the
+    #: mesh client asks the coordinator for leases in the same class.
+    priorities: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in self.priorities:
+            self.priority_of(kind)  # a bad class is refused here, not at the first probe
+
+    def priority_of(self, kind: str, priority: int | None = None) -> int:
+        """``priority`` when given, else ``kind``'s class; a typed error when out of range."""
+        p = self.priorities.get(kind, wire.PRIORITY_NORMAL) if priority is None else priority
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= wire.MAX_PRIORITY:
+            raise ValueError(
+                f"priority of {kind!r} must be an integer from 0 to {wire.MAX_PRIORITY}, got {p!r}"
+            )
+        return p
 
 
 @dataclass
@@ -312,6 +330,7 @@ class _UserTask:
     core_ids: list[bytes] = field(default_factory=list)
     #: Signed receipts of verified copies: (core task id, worker) -> (wire id, ts_ms, seal).
     receipts: dict[tuple[bytes, bytes], tuple[bytes, int, bytes]] = field(default_factory=dict)
+    priority: int = wire.PRIORITY_NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +364,7 @@ class _Wire:
     segment: str | None = None
     #: Sent again on the stream after a shared-memory failure (only ever once).
     resent: bool = False
+    priority: int = wire.PRIORITY_NORMAL
 
     def stream_payload(self) -> tuple[bytes, int]:
         if self.payload is None:
@@ -738,9 +758,11 @@ class GamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> TaskHandle:
-        """Send one task; ``deadline`` is seconds from now (default ``default_deadline_s``)."""
-        handle = self._submit(kind, data, params, deadline)
+        """Send one task; ``deadline`` is seconds from now (default ``default_deadline_s``),
+        ``priority`` its class (default: the kind's in ``GamerConfig.priorities``)."""
+        handle = self._submit(kind, data, params, deadline, priority)
         await self._wait_room()
         await trio.lowlevel.checkpoint()
         return handle
@@ -750,11 +772,12 @@ class GamerClient:
         items: Iterable[tuple[str, bytes, dict[str, Any] | None]],
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> list[TaskHandle]:
         """Send several tasks at once; queued together, they travel in as few frames as fit."""
         handles = []
         for kind, data, params in items:
-            handles.append(self._submit(kind, data, params, deadline))
+            handles.append(self._submit(kind, data, params, deadline, priority))
             await self._wait_room()  # yields only when a send queue is full
         await trio.lowlevel.checkpoint()
         return handles
@@ -766,9 +789,11 @@ class GamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> list[bytes]:
         """Run ``kind`` over every input; results in input order. Raises the first error."""
-        handles = await self.submit_many(((kind, d, params) for d in inputs), deadline=deadline)
+        items = ((kind, d, params) for d in inputs)
+        handles = await self.submit_many(items, deadline=deadline, priority=priority)
         return [await h.result() for h in handles]
 
     async def run(
@@ -778,12 +803,18 @@ class GamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> bytes:
         """Submit one task and wait for its verified output."""
-        return await (await self.submit(kind, data, params, deadline=deadline)).result()
+        return await (await self.submit(kind, data, params, deadline=deadline, priority=priority)).result()
 
     def _submit(
-        self, kind: str, data: bytes, params: dict[str, Any] | None, deadline: float | None
+        self,
+        kind: str,
+        data: bytes,
+        params: dict[str, Any] | None,
+        deadline: float | None,
+        priority: int | None = None,
     ) -> TaskHandle:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"task data must be bytes, got {type(data).__name__}")
@@ -797,6 +828,7 @@ class GamerClient:
             budget, adaptive = self.timeouts.deadline(kind) * (1 + ahead), True
         if not budget > 0:
             raise ValueError("deadline must be a positive number of seconds")
+        klass = self.config.priority_of(kind, priority)
         task_id = os.urandom(wire.TASK_ID_LEN)
         payload: bytes | None
         if self._shm and len(data) >= self.config.shm_min_bytes:
@@ -820,7 +852,7 @@ class GamerClient:
             return handle
         ut = _UserTask(handle, kind, payload, enc, pdig, idig, params=params, data=data)
         ut.deadline, ut.adaptive, ut.cache_key, ut.core_ids = now + budget, adaptive, ckey, [task_id]
-        ut.ahead = ahead
+        ut.ahead, ut.priority = ahead, klass
         self._tasks[task_id] = ut
         self._in_flight[kind] = ahead + 1
         self._core.on_submit(Task(task_id, kind, params, data, now + budget), now)
@@ -1036,11 +1068,12 @@ class GamerClient:
             elif eff.role is not Role.PRIMARY:
                 self.stats.duplicates += 1
             task_id: bytes | None = eff.task_id
+            priority = ut.priority
         else:
             data, payload, enc = eff.data, None, wire.ENC_RAW
             pdig, idig = wire.params_digest(eff.params), wire.digest(eff.data)
             self.stats.probes += 1
-            task_id = None
+            task_id, priority = None, self.config.priority_of(eff.kind)
         if link is None or not link.alive:
             self._core.on_failure(
                 eff.wire_id, eff.worker, UnavailableError("worker link is down"), trio.current_time()
@@ -1049,7 +1082,7 @@ class GamerClient:
         w = _Wire(
             eff.wire_id, link, eff.kind, eff.params, payload, enc, pdig, idig, eff.deadline, task_id, data
         )
-        w.via_shm = via_shm
+        w.via_shm, w.priority = via_shm, priority
         self._wires[eff.wire_id] = w
         link.pending[eff.wire_id] = w
         self._queue(link, w)
@@ -1333,11 +1366,26 @@ class GamerClient:
                     ref = self._segment_for(link, item)
                     if ref is not None:
                         rec = wire.TaskRecord(
-                            item.wire_id, item.kind, item.params, b"", wire.ENC_SHM, budget_ms, ref
+                            item.wire_id,
+                            item.kind,
+                            item.params,
+                            b"",
+                            wire.ENC_SHM,
+                            budget_ms,
+                            ref,
+                            item.priority,
                         )
                     else:
                         payload, enc = item.stream_payload()
-                        rec = wire.TaskRecord(item.wire_id, item.kind, item.params, payload, enc, budget_ms)
+                        rec = wire.TaskRecord(
+                            item.wire_id,
+                            item.kind,
+                            item.params,
+                            payload,
+                            enc,
+                            budget_ms,
+                            priority=item.priority,
+                        )
                     if batch and size + len(rec.data) > self.config.max_batch_bytes:
                         # Never pile a big task onto a batch: the frame could pass max_frame.
                         await self._write_tasks(link, batch)
@@ -1636,6 +1684,7 @@ class SyncGamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> concurrent.futures.Future[bytes]:
         """Hand a task to the client thread; returns at once with a future."""
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
@@ -1646,7 +1695,7 @@ class SyncGamerClient:
 
         async def drive() -> None:
             try:
-                handle = await client.submit(kind, data, params, deadline=deadline)
+                handle = await client.submit(kind, data, params, deadline=deadline, priority=priority)
                 out = await handle.result()
             except BaseException as exc:
                 if not fut.cancelled():
@@ -1670,9 +1719,10 @@ class SyncGamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> bytes:
         """Submit and block until the verified output (or a typed error) is in."""
-        return self.submit(kind, data, params, deadline=deadline).result()
+        return self.submit(kind, data, params, deadline=deadline, priority=priority).result()
 
     def map(
         self,
@@ -1681,8 +1731,9 @@ class SyncGamerClient:
         params: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        priority: int | None = None,
     ) -> list[bytes]:
-        futs = [self.submit(kind, d, params, deadline=deadline) for d in inputs]
+        futs = [self.submit(kind, d, params, deadline=deadline, priority=priority) for d in inputs]
         return [f.result() for f in futs]
 
     @property

@@ -515,8 +515,18 @@ class MeshClient:
         view = self._regions.get(self.region or "")
         members = {m.peer for m in view.members} if view is not None else set()
         exclude = cw.lease_exclusions(self.gamer.banned(), members)
+        priority = self.gamer.config.priority_of(kind)
         req = cw.LeaseRequest(
-            rid, kind, self.config.slots, self.config.within_s, 1, None, affinity, release, observed, exclude
+            rid,
+            kind,
+            self.config.slots,
+            self.config.within_s,
+            priority,
+            None,
+            affinity,
+            release,
+            observed,
+            exclude,
         )
         try:
             reply = await link.request(req, rid, self.config.request_timeout_s)
@@ -572,7 +582,7 @@ class MeshClient:
             kind,
             self.config.slots,
             self.config.within_s,
-            1,
+            self.gamer.config.priority_of(kind),
             None,
             None,
             exclude=cw.lease_exclusions(self.gamer.banned(), members),

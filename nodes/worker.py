@@ -9,6 +9,12 @@ receipt digests (``tasks.receipt``), each result still checkable alone by its pa
 bounded thread pool (``trio.to_thread`` with a ``CapacityLimiter``) or, when configured,
 a process pool; only kinds marked ``inline`` (echo) run on the loop.
 
+Two lanes share the cores. Interactive tasks (frames, ticks: priority below
+``wire.PRIORITY_BATCH``) take ``concurrency`` slots; batch tasks (path-tracing tiles)
+take ``batch_concurrency`` slots of their own, in threads (or processes) niced by
+``batch_nice``, so the OS runs an interactive kernel first and batch work soaks up what
+is left. A frame therefore never waits for a slot behind a multi-second tile.
+
 Protocol errors are answered, logged with the peer id, and never take the node down:
 
 - a body that does not decode gets an ``E`` frame and the stream keeps going;
@@ -55,9 +61,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
 
@@ -94,6 +101,13 @@ class WorkerConfig:
     concurrency: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     #: "thread" (default, measured faster for our kernels) or "process".
     executor: str = "thread"
+    #: Slots of the background lane for batch tasks (priority >= ``wire.PRIORITY_BATCH``),
+    #: beside the ``concurrency`` interactive ones; 0: as many as ``concurrency``.
+    batch_concurrency: int = 0
+    #: How much nicer than the node the batch lane's threads (or processes) run, so the OS
+    #: gives the cores to interactive kernels first (Linux sets it per thread; elsewhere
+    #: the batch threads run at the node's priority). 0: not niced.
+    batch_nice: int = 10
     max_frame: int = wire.DEFAULT_MAX_FRAME
     #: Tasks queued or running per node before new ones are rejected.
     max_queued: int = 8192
@@ -247,6 +261,27 @@ class QueueEstimate:
             self.waiting -= 1
 
 
+class _Lane:
+    """Slots for one class of work: interactive, or batch in the niced background."""
+
+    def __init__(self, slots: int) -> None:
+        self.limiter = trio.CapacityLimiter(max(1, slots))
+        self.queue = QueueEstimate(slots)
+        #: Where its kernels run; None: trio's thread cache.
+        self.executor: Executor | None = None
+
+
+def _lower_priority(nice: int) -> None:
+    """Initializer of the batch lane's threads and processes: make the calling thread
+    ``nice`` steps nicer. Linux keeps a nice value per thread (``setpriority`` on the
+    thread's id); where that fails, batch work runs at the node's priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as exc:
+        log.debug("batch lane not niced: %s", exc)
+
+
 @dataclass
 class WorkerStats:
     received: int = 0
@@ -311,10 +346,12 @@ class Worker:
         self.config = config
         self.stats = WorkerStats()
         self.metrics = NodeMetrics("worker")
-        self._limiter = trio.CapacityLimiter(config.concurrency)
         self._queued = 0
-        self.queue = QueueEstimate(config.concurrency)
-        self._executor: Executor | None = None
+        self._interactive = _Lane(config.concurrency)
+        self._batch = _Lane(config.batch_concurrency or config.concurrency)
+        #: The interactive and batch lanes' queue estimates.
+        self.queue = self._interactive.queue
+        self.batch_queue = self._batch.queue
         self._nursery: trio.Nursery | None = None
         #: Set when warm-up has finished (immediately when warm-up is off).
         self.warm = trio.Event()
@@ -338,8 +375,15 @@ class Worker:
         return self._queued / max(1, self.config.concurrency)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self.config.executor == "process":
-            self._executor = ProcessPoolExecutor(max_workers=self.config.concurrency)
+        c = self.config
+        slots, nice = int(self._batch.limiter.total_tokens), (c.batch_nice,)
+        if c.executor == "process":
+            self._interactive.executor = ProcessPoolExecutor(max_workers=c.concurrency)
+            self._batch.executor = ProcessPoolExecutor(slots, initializer=_lower_priority, initargs=nice)
+        elif c.batch_nice > 0:
+            self._batch.executor = ThreadPoolExecutor(
+                slots, "p2c2r-batch", initializer=_lower_priority, initargs=nice
+            )
         if self.config.shm and shm.available():
             shm.sweep()  # what crashed nodes and gamers on this host left behind
         try:
@@ -352,8 +396,10 @@ class Worker:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+            for lane in (self._interactive, self._batch):
+                if lane.executor is not None:
+                    lane.executor.shutdown(wait=False, cancel_futures=True)
+                    lane.executor = None
 
     async def _warm_up(self) -> None:
         import numpy as np
@@ -365,7 +411,7 @@ class Worker:
             try:
                 params, data = kind.example(rng, "small")
                 norm = kind.validate_params(params, len(data))
-                async with self._limiter:
+                async with self._interactive.limiter:
                     await trio.to_thread.run_sync(kind.execute, norm, data, abandon_on_cancel=True)
             except Exception:  # warm-up is an optimisation; a failure here must not stop serving
                 log.exception("warm-up of %s failed", kind.name)
@@ -519,7 +565,7 @@ class Worker:
                             )
                             continue
                         self._queued += 1
-                        ticket, wait = self.queue.admit(task.kind)
+                        ticket, wait = self._lane(task).queue.admit(task.kind)
                         if wait >= c.queue_notice_s:
                             notices.append(wire.QueuedRecord(task.task_id, int(wait * 1000)))
                         # Its cancel scope exists from now on: a cancel frame read in the same
@@ -666,7 +712,7 @@ class Worker:
                 if state.queued.get(task.task_id) is waiting:
                     del state.queued[task.task_id]
                 self._queued -= 1
-                self.queue.leave(ticket)
+                self._lane(task).queue.leave(ticket)
                 self.metrics.in_flight.dec()
             self.metrics.observe_task(kind_label, outcome, trio.current_time() - received_at)
             try:
@@ -687,7 +733,7 @@ class Worker:
         which rewrite signed records one at a time). An output bound for shared memory
         (``segments``) stays raw: the writer puts it in a segment. ``queued`` holds the
         task's cancel scope while it waits for a slot; it leaves once the task runs.
-        ``ticket`` is the task's share of ``self.queue``, started and left with its kernel."""
+        ``ticket`` is the task's share of its lane's queue, started and left with its kernel."""
         kind = self.registry.get(task.kind)
         params = kind.validate_params(task.params, len(task.data))
         budget = task.budget_ms / 1000 if task.budget_ms else None
@@ -695,20 +741,21 @@ class Worker:
         if kind.inline:
             in_digest, out_digest, output = _execute(kind, params, task.data, task.enc, self.config.max_frame)
         else:
+            lane = self._lane(task)
             with trio.move_on_at(deadline) as scope:
-                async with self._limiter:
+                async with lane.limiter:
                     if queued is not None:
                         queued.pop(task.task_id, None)  # running: a cancel no longer stops it
-                    self.queue.start(ticket)
+                    lane.queue.start(ticket)
                     t0 = trio.current_time()
                     self.metrics.queue_wait.labels(task.kind).observe(t0 - received_at)
                     try:
                         in_digest, out_digest, output = await self._offload(kind, task, params)
                     finally:
-                        self.queue.leave(ticket)  # the slot is free again
+                        lane.queue.leave(ticket)  # the slot is free again
                     ran = trio.current_time() - t0
                     self.stats.busy_s += ran
-                    self.queue.observe(task.kind, ran)
+                    lane.queue.observe(task.kind, ran)
             if scope.cancelled_caught:
                 raise TaskTimeoutError(f"deadline passed before {task.kind} ran; result would be late")
         if len(output) + wire.RECORD_OVERHEAD > self.config.max_frame:
@@ -748,16 +795,24 @@ class Worker:
             result = self.behaviour.after(task, result)
         return result
 
+    def _lane(self, task: wire.TaskRecord) -> _Lane:
+        return self._batch if task.priority >= wire.PRIORITY_BATCH else self._interactive
+
     async def _offload(
         self, kind: TaskKind, task: wire.TaskRecord, params: dict[str, Any]
     ) -> tuple[bytes, bytes, bytes]:
-        if self._executor is None:
+        """Run the kernel where its lane runs them (the caller holds the lane's slot)."""
+        executor = self._lane(task).executor
+        if executor is None:
             return await trio.to_thread.run_sync(
                 _execute, kind, params, task.data, task.enc, self.config.max_frame, abandon_on_cancel=True
             )
-        fut = self._executor.submit(
-            _execute_by_name, task.kind, params, task.data, task.enc, self.config.max_frame
-        )
+        if isinstance(executor, ProcessPoolExecutor):
+            fut = executor.submit(
+                _execute_by_name, task.kind, params, task.data, task.enc, self.config.max_frame
+            )
+        else:
+            fut = executor.submit(_execute, kind, params, task.data, task.enc, self.config.max_frame)
         return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
 
     async def _write_loop(

@@ -63,6 +63,7 @@ from typing import Any
 import msgpack
 
 from mesh import control_wire as cw
+from mesh import wire
 from mesh.election import (
     BecomeCoordinator,
     Broadcast,
@@ -138,8 +139,10 @@ HB_SLOTS = 10
 MEM_TICK_S = 0.1
 CANDIDATE_REFRESH_S = 5.0
 HB_REENCODE_EVERY = 64
-#: Workloads at or above this priority class are batch work (background on the worker).
-BATCH_PRIORITY = 2
+#: Workloads at or above this priority class are batch work: a real worker runs them in
+#: its niced background lane (``nodes.worker``), with ``batch_concurrency`` slots (default:
+#: one per core) beside the interactive ones.
+BATCH_PRIORITY = wire.PRIORITY_BATCH
 #: A gamer notices a worker that vanished without a goodbye (its link times out) after this.
 LINK_DEAD_S = 5.0
 #: The gamer closes links to workers it holds no lease on and has had nothing in flight on

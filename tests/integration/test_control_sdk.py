@@ -13,9 +13,10 @@ import trio
 import trio.testing
 
 from mesh import control_wire as cw
+from mesh import wire
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
-from nodes.gamer import GamerClient, TaskHandle
+from nodes.gamer import GamerClient, GamerConfig, TaskHandle
 from nodes.mesh_client import ControlLink, MeshClient, MeshClientConfig, join_mesh
 from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
 
@@ -40,6 +41,20 @@ def one_coordinator(members: list[Member]) -> bool:
 def coordinator_of(members: list[Member]) -> Member:
     coord = next(iter(coordinators(members)))[0]
     return next(m for m in members if m.peer == coord)
+
+
+def spy_on_lease_requests(monkeypatch: pytest.MonkeyPatch) -> list[cw.LeaseRequest]:
+    """From now on, every lease request a gamer sends is also appended to the list returned."""
+    seen: list[cw.LeaseRequest] = []
+    request = ControlLink.request
+
+    async def spy(self: ControlLink, msg: object, rid: int, timeout: float) -> object:
+        if isinstance(msg, cw.LeaseRequest):
+            seen.append(msg)
+        return await request(self, msg, rid, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ControlLink, "request", spy)
+    return seen
 
 
 async def submit_steadily(gamer: GamerClient, handles: list[TaskHandle], stop: trio.Event) -> None:
@@ -316,18 +331,36 @@ async def test_a_full_region_lends_the_gamer_a_lease_in_the_next_region(
             assert [await h.result() for h in handles] == [b"task %d" % i for i in range(40)]
             # Its worker dies while the lease is live: the lease is dropped, and its id (us's)
             # is never released to eu's coordinator, where it would name another lease.
-            releases: list[int] = []
-            request = ControlLink.request
-
-            async def spy(self: ControlLink, msg: object, rid: int, timeout: float) -> object:
-                if isinstance(msg, cw.LeaseRequest):
-                    releases.extend(msg.release)
-                return await request(self, msg, rid, timeout)  # type: ignore[arg-type]
-
-            monkeypatch.setattr(ControlLink, "request", spy)
+            requests = spy_on_lease_requests(monkeypatch)
             next(m for m in us if m.peer == worker).kill()
             await wait_for(lambda: all(w != worker for _, w, _, _ in mesh.leases()), timeout=10)
             await trio.sleep(max(0.0, until - trio.current_time()) + 2.0)  # renewals went out meanwhile
+            releases = [released for r in requests for released in r.release]
             assert releases and lid not in releases and min(releases) >= 0  # ours only
             mesh_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+
+
+async def test_lease_requests_carry_the_kinds_priority_class(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator's scheduler orders requests by class: a gamer whose ``echo`` is batch
+    work asks for its leases in the batch class (until now every request said "normal")."""
+    requests = spy_on_lease_requests(monkeypatch)
+    net = MemoryNetwork(seed=15, link=LinkModel(delay_s=0.005))
+    config = GamerConfig(priorities={"echo": wire.PRIORITY_BATCH})
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 3, workers=True, seed=8)
+        await wait_for(lambda: one_coordinator(eu), timeout=30)
+        async with (
+            net.open_host() as gamer_host,
+            GamerClient.connect(
+                host=gamer_host, config=config, bootstrap=[eu[1].host.listen_addrs()[0]], region="eu"
+            ) as gamer,
+        ):
+            assert gamer.mesh is not None
+            mesh = gamer.mesh
+            await wait_for(lambda: len(mesh.leases()) >= 1, 5)
+            assert await gamer.run("echo", b"tile", deadline=10.0) == b"tile"
+        nursery.cancel_scope.cancel()
+    assert requests and {r.priority for r in requests} == {wire.PRIORITY_BATCH}

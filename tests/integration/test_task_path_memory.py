@@ -17,7 +17,9 @@ itself is tested end to end in ``test_trust_*.py``.
 from __future__ import annotations
 
 import math
+import os
 import random
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -611,6 +613,71 @@ async def test_a_worker_busy_with_another_gamers_tasks_is_not_struck_as_silent(
     # Without the notice, its hedge (4 x the kind's 1 s estimate) fires while it still waits.
     _, queued, strikes, banned = await run(math.inf)
     assert queued == 0 and strikes == 1 and banned
+
+
+async def test_a_frame_never_waits_for_a_slot_behind_batch_tiles(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-slot worker runs batch tasks in a lane of their own: a frame sent behind two
+    1 s tiles runs at once, while the second tile waits behind the first (and is announced).
+    Sent as normal tasks, the same tiles hold the frame back for 2 s."""
+    monkeypatch.setattr(Worker, "_offload", _one_second)
+
+    async def frame_and_tiles(tile_priority: int) -> tuple[float, float, int]:
+        async with open_slow_worker() as m:
+            for priority in (wire.PRIORITY_NORMAL, wire.PRIORITY_BATCH):  # each lane learns the pace
+                await m.gamer.run("slow", b"warm%d" % priority, deadline=10.0, priority=priority)
+            t0 = trio.current_time()
+            tiles = [
+                await m.gamer.submit("slow", b"tile%d" % i, deadline=10.0, priority=tile_priority)
+                for i in range(2)
+            ]
+            await trio.sleep(0.005)  # strictly after the tiles (trio may start same-tick tasks in any order)
+            frame = await m.gamer.submit("slow", b"frame", deadline=10.0, priority=wire.PRIORITY_FRAME)
+            assert await frame.result() == b"frame"
+            frame_s = trio.current_time() - t0
+            assert [await t.result() for t in tiles] == [b"tile0", b"tile1"]
+            return frame_s, trio.current_time() - t0, m.workers[0].stats.queue_notices
+
+    frame_s, tiles_s, notices = await frame_and_tiles(wire.PRIORITY_BATCH)
+    assert frame_s == pytest.approx(1.025)  # sent 5 ms later: one round trip and its own 1 s
+    assert tiles_s == pytest.approx(2.02) and notices == 1  # the tiles, one after the other
+    frame_s, tiles_s, notices = await frame_and_tiles(wire.PRIORITY_NORMAL)
+    assert frame_s == pytest.approx(3.02) and notices == 2  # behind both tiles in one FIFO
+
+
+async def test_batch_kernels_run_in_niced_threads() -> None:
+    """Real threads and the real clock: the OS sees the batch lane's kernels as nicer."""
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread nice values on this OS")
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if base + 5 > 19:
+        pytest.skip("this process already runs at the nicest level")
+
+    def nice_of_this_thread(params: dict[str, object], data: bytes) -> bytes:
+        return b"%d" % os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    nice = TaskKind(
+        "nice", "test-only: the nice value its kernel ran at", {}, nice_of_this_thread, lambda p, n: 1.0
+    )
+    cfg = WorkerConfig(concurrency=1, batch_nice=5)
+    async with open_mesh(worker_configs=[cfg], gamer_config=RAW, registry=Registry([ECHO, nice])) as m:
+        # (distinct inputs: the result cache would answer a repeated task itself)
+        batch = [
+            await m.gamer.run("nice", b"%d" % i, priority=wire.PRIORITY_BATCH, deadline=30.0)
+            for i in range(3)
+        ]
+        frame = await m.gamer.run("nice", b"frame", priority=wire.PRIORITY_FRAME, deadline=30.0)
+    assert batch == [b"%d" % (base + 5)] * 3 and frame == b"%d" % base
+
+
+def test_priorities_out_of_range_are_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ValueError, match="priority of 'tile'"):
+        GamerConfig(priorities={"tile": wire.MAX_PRIORITY + 1})
+    with pytest.raises(ValueError, match="priority"):
+        GamerConfig().priority_of("echo", -1)
+    assert GamerConfig(priorities={"tile": wire.PRIORITY_BATCH}).priority_of("tile") == wire.PRIORITY_BATCH
+    assert GamerConfig().priority_of("echo") == wire.PRIORITY_NORMAL
 
 
 async def test_partition_shorter_than_the_deadline_only_delays(autojump_clock: trio.abc.Clock) -> None:

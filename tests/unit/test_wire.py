@@ -60,6 +60,7 @@ tasks_st = st.builds(
     data=st.binary(max_size=256),
     enc=st.sampled_from([wire.ENC_RAW, wire.ENC_ZSTD]),
     budget_ms=u63,
+    priority=st.integers(min_value=0, max_value=wire.MAX_PRIORITY),
 )
 results_st = st.builds(
     wire.ResultRecord,
@@ -300,6 +301,11 @@ def test_unknown_versions_are_a_typed_error(version: Any) -> None:
         [1, "T", [[b"\x00" * 16, "echo", {b"k": 1}, b"", 0, 0]]],  # non-str param name
         [1, "T", [[b"\x00" * 16, "echo", [], b"", 0, 0]]],  # params not a map
         [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0]]],  # 5 fields
+        [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0, 0, 2, 0]]],  # 8 fields
+        [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0, 0, -1]]],  # negative priority
+        [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0, 0, wire.MAX_PRIORITY + 1]]],  # priority too high
+        [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0, 0, True]]],  # bool priority
+        [1, "T", [[b"\x00" * 16, "echo", {}, b"", 0, 0, "batch"]]],  # priority not an integer
         [1, "R", [[b"\x00" * 16, 1, b"out", 0, 5, b"sig"]]],  # short signature
         [1, "R", [[b"\x00" * 16, True, b"out", 0, 5, b"s" * 64]]],  # bool status
         [1, "R", [[b"\x00" * 16, 2, "x", "y"]]],  # unknown status
@@ -315,6 +321,15 @@ def test_unknown_versions_are_a_typed_error(version: Any) -> None:
 def test_malformed_records_are_protocol_errors(body: Any) -> None:
     with pytest.raises(ProtocolError):
         wire.decode_frame(msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_normal_task_keeps_the_six_field_record_and_others_carry_their_priority() -> None:
+    """Workers that predate priorities read normal tasks; a 6-field record is normal."""
+    for priority, fields in ((wire.PRIORITY_NORMAL, 6), (wire.PRIORITY_FRAME, 7), (wire.PRIORITY_BATCH, 7)):
+        rec = wire.TaskRecord(b"\x00" * 16, "echo", {}, b"x", priority=priority)
+        body = body_of(wire.encode_tasks([rec]))
+        assert len(msgpack.unpackb(body)[2][0]) == fields
+        assert wire.decode_frame(body).tasks == (rec,)
 
 
 def test_too_many_params_is_a_protocol_error() -> None:
