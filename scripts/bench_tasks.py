@@ -28,6 +28,10 @@ under ``features``:
   (``--misbehave slow``): p50/p99 without and with hedged requests;
 - ``payload_codec``: 720p->1440p upscale output as JPEG vs WebP vs PNG, and a
   physics world as raw vs zstd arrays: bytes per result and tasks/s;
+- ``batch_lane``: 30 fps upscale frames with a 100 ms deadline on a 2-slot worker kept
+  busy by path-tracing tiles sent as normal work (off) vs as batch work (on: the worker's
+  niced background lane): frames missed and answered-frame p50/p95
+  (``--only-batch-lane`` runs this alone);
 - ``libp2p_tuning``: py-libp2p's per-message overhead cut (``mesh.libp2p_tuning``) off vs
   on in the workers and the gamer alike: two fresh workers per setting, sequential tiny
   p50/p99, pipelined tasks/s (256 in flight, one task per frame) and 1 MiB MB/s (through
@@ -72,6 +76,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mesh import wire
 from mesh.errors import TaskTimeoutError
 from mesh.libp2p_tuning import ENV_VAR as TUNING_ENV
 from nodes.demo import WorkerProcess, _drain, start_worker, stop_workers
@@ -456,6 +461,7 @@ async def features(addrs: list[str], tmp: Path, quick: bool) -> dict[str, Any]:
             drains.cancel_scope.cancel()
     finally:
         await stop_workers(special)
+    f["batch_lane"] = await batch_lane_onoff(tmp, quick)
     f["libp2p_tuning"] = await libp2p_tuning_onoff(tmp, quick)
     return f
 
@@ -475,6 +481,8 @@ def feature_table(f: dict[str, Any]) -> str:
     row("adaptive_timeouts", "s until a lost task fails", "seconds_to_fail")
     row("hedging", "p99 ms (1 in 10 on a slow worker)", "p99_ms")
     row("hedging", "mean ms", "mean_ms")
+    row("batch_lane", "frame miss rate (30 fps, 100 ms, tiles busy)", "miss_rate")
+    row("batch_lane", "frame p50 ms (answered)", "p50_ms")
     row("libp2p_tuning", "sequential p50 ms (median of rounds)", "seq_p50_ms")
     row("libp2p_tuning", "sequential p99 ms", "seq_p99_ms")
     row("libp2p_tuning", "pipelined tasks/s (256 in flight)", "pipelined_tasks_per_s")
@@ -508,6 +516,83 @@ def feature_table(f: dict[str, Any]) -> str:
             )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+async def _frames_beside_tiles(
+    addr: str, tile_class: int, frame_work: tuple[Any, bytes], tile_work: tuple[Any, bytes], seconds: float
+) -> dict[str, Any]:
+    """30 fps frames for ``seconds`` while four tiles of class ``tile_class`` stay in flight."""
+    (fparams, fdata), (tparams, tdata) = frame_work, tile_work
+    lat: list[float] = []
+    missed = tiles = 0
+    async with GamerClient.connect([addr], config=NOCACHE) as g:
+        await g.run("upscale", fdata, fparams, deadline=120)  # warm up (imports)
+        await g.run("raytrace", tdata, tparams, deadline=300, priority=tile_class)
+
+        async def tile_lane() -> None:
+            nonlocal tiles
+            while True:
+                await g.run("raytrace", tdata, tparams, deadline=300, priority=tile_class)
+                tiles += 1
+
+        async def frame() -> None:
+            nonlocal missed
+            h = await g.submit("upscale", fdata, fparams, deadline=0.1, priority=wire.PRIORITY_FRAME)
+            try:
+                await h.result()
+            except TaskTimeoutError:
+                missed += 1
+                return
+            assert h.latency_s is not None
+            lat.append(h.latency_s * 1000)
+
+        async with trio.open_nursery() as load:
+            for _ in range(4):
+                load.start_soon(tile_lane)
+            await trio.sleep(1.0)  # every slot taken by a tile
+            async with trio.open_nursery() as frames:
+                t0 = trio.current_time()
+                for i in range(int(seconds * 30)):
+                    await trio.sleep_until(t0 + i / 30)
+                    frames.start_soon(frame)
+            load.cancel_scope.cancel()
+    n = len(lat) + missed
+    return {
+        "frames": n,
+        "frames_missed": missed,
+        "miss_rate": round(missed / max(1, n), 4),
+        "p50_ms": round(pct(lat, 0.5), 1) if lat else None,
+        "p95_ms": round(pct(lat, 0.95), 1) if lat else None,
+        "tiles_done": tiles,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def batch_lane_onoff(tmp: Path, quick: bool) -> dict[str, Any]:
+    """30 fps 720p->1440p upscale frames (100 ms deadline) on a 2-slot worker kept busy with
+    4 path-tracing tiles in flight: the tiles sent as normal work, which shares the frames'
+    slots, vs as batch work, which runs in the worker's niced lane. A fresh worker per
+    setting (a tile already running cannot be cancelled)."""
+    from tasks.registry import default_registry
+
+    reg = default_registry()
+    rng = np.random.default_rng(11)
+    frame_work = reg.get("upscale").example(rng, "medium")  # type: ignore[misc]
+    tile_work = reg.get("raytrace").example(rng, "medium")  # type: ignore[misc]
+    out: dict[str, Any] = {}
+    for label, tile_class in (("off", wire.PRIORITY_NORMAL), ("on", wire.PRIORITY_BATCH)):
+        proc = await start_worker(tmp / f"lane-{label}.key", tmp, 2)
+        try:
+            async with trio.open_nursery() as drains:
+                drains.start_soon(_drain, proc.proc)
+                out[label] = await _frames_beside_tiles(
+                    proc.addr, tile_class, frame_work, tile_work, 8.0 if quick else 30.0
+                )
+                drains.cancel_scope.cancel()
+        finally:
+            await stop_workers([proc])
+        print("batch lane", label, out[label], flush=True)
+    return out
 
 
 async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
@@ -544,9 +629,12 @@ async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    if args.only_libp2p_tuning:
+    if args.only_libp2p_tuning or args.only_batch_lane:
         with tempfile.TemporaryDirectory(prefix="p2c2r-bench-") as tmp:
-            f = {"libp2p_tuning": await libp2p_tuning_onoff(Path(tmp), quick)}
+            if args.only_libp2p_tuning:
+                f = {"libp2p_tuning": await libp2p_tuning_onoff(Path(tmp), quick)}
+            else:
+                f = {"batch_lane": await batch_lane_onoff(Path(tmp), quick)}
         print(feature_table(f), flush=True)
         return {"machine": {"cpus": os.cpu_count()}, "features": f}
     if args.libp2p_tuning is not None:
@@ -614,6 +702,11 @@ if __name__ == "__main__":
         "--only-libp2p-tuning",
         action="store_true",
         help="run only the libp2p_tuning on/off rounds of the features section",
+    )
+    ap.add_argument(
+        "--only-batch-lane",
+        action="store_true",
+        help="run only the batch_lane on/off comparison of the features",
     )
     a = ap.parse_args()
     out = trio.run(main, a)
