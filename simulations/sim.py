@@ -23,7 +23,8 @@ Shell decisions (what the real node's shell would do; the cores do not prescribe
       already has is not passed to ``Scheduler.on_worker`` again (it would be a no-op);
     * the gamer reports measured service times to the coordinator piggybacked on its next
       lease request (``Scheduler.on_completion``), renews a lease 1 s before it ends (with the
-      current worker as affinity), and drops a lease after 3 consecutive misses;
+      current worker as affinity), and replaces a lease whose worker misses 3 deadlines in a
+      row, with ``nodes.mesh_client``'s ``LeaseMisses`` (hold-off included);
     * trust: every gamer runs the SDK's real ``VerificationCore`` with its own ``Reputation``
       and ``AdaptiveTimeouts`` (``simulations.trust`` answers the checks the core asks for,
       on token outputs); each copy it sends is a real task on a worker. Evidence goes to the
@@ -101,7 +102,7 @@ from nodes.scheduler import (
     SchedulerConfig,
     policy_by_name,
 )
-from nodes.sdk_cores import AdaptiveTimeouts, TimeoutConfig
+from nodes.sdk_cores import AdaptiveTimeouts, LeaseMisses, TimeoutConfig
 from nodes.verification import (
     IDLE_LINK_S,
     Cancel,
@@ -134,7 +135,6 @@ RENEW_MARGIN_S = 1.0
 REQUEST_TIMEOUT_S = 1.0
 RETRY_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
-MISSES_TO_DROP = 3
 HB_SLOTS = 10
 MEM_TICK_S = 0.1
 CANDIDATE_REFRESH_S = 5.0
@@ -249,7 +249,6 @@ class _Lane:
         "lease_coord",
         "lease_exp",
         "lease_id",
-        "misses",
         "req_id",
         "req_n",
         "req_t",
@@ -269,7 +268,6 @@ class _Lane:
         self.req_n = 0
         self.req_t = 0.0
         self.held: list[float] = []
-        self.misses = 0
         self.busy = 0
         self.backoff = RETRY_BACKOFF_S
         self.samples: list[tuple[int, float]] = []
@@ -397,6 +395,9 @@ class _Stream:
     #: ``_wanted``): a lease beyond ``base`` that is lost is asked for again only then.
     base: int = 1
     wanted: bool = False
+    #: When a lane's worker keeps missing and its lease should go (``nodes.mesh_client``
+    #: keeps one per kind).
+    misses: LeaseMisses = field(default_factory=LeaseMisses)
 
 
 def _msg_size(msg: Any) -> int:
@@ -1365,6 +1366,18 @@ class Simulation:
         if st.closed:
             self._lane_next(lane)
 
+    def _replace_lease(self, lane: _Lane) -> None:
+        """The lane's worker keeps missing (``LeaseMisses``): give its lease back, as
+        ``nodes.mesh_client`` does (piggybacked there on the next request), and ask for
+        another."""
+        st = self.streams[lane.stream]
+        self._count("leases_replaced")
+        if lane.lease_coord is not None and self.loop.now < lane.lease_exp:
+            self._release(lane.lease_coord, lane.lease_id, st.gamer)
+        st.misses.forget(lane.worker)
+        self._drop_lease(lane)
+        self._maybe_request(lane)
+
     def _drop_lease(self, lane: _Lane) -> None:
         lane.worker = -1
         lane.lease_exp = 0.0
@@ -1541,7 +1554,7 @@ class Simulation:
         self._record(lane, w, t0, latency, svc, WRONG if wrong else OK)
         if len(lane.samples) < 32:
             lane.samples.append((w, svc))  # verified results only, as ``nodes.mesh_client`` reports
-        lane.misses = 0
+        st.misses.on_ok(w, self.loop.now)
         if st.closed:
             lane.busy -= 1
             self._lane_next(lane)
@@ -1562,11 +1575,8 @@ class Simulation:
         else:
             outcome = LOST
         self._record(lane, lane.worker, t0, math.nan, math.nan, outcome)
-        lane.misses += 1
-        if lane.misses >= MISSES_TO_DROP and lane.worker >= 0:
-            lane.misses = 0
-            self._drop_lease(lane)
-            self._maybe_request(lane)
+        if lane.worker >= 0 and st.misses.on_miss(lane.worker, self.loop.now):
+            self._replace_lease(lane)
         if st.closed:
             lane.busy -= 1
             self._lane_next(lane)

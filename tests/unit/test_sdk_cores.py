@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +11,8 @@ from nodes.sdk_cores import (
     AdaptiveTimeouts,
     CachedResult,
     HedgeBudget,
+    LeaseMisses,
+    MissConfig,
     QualityController,
     ResultCache,
     TimeoutConfig,
@@ -162,3 +166,46 @@ def test_quality_backs_off_probes_of_a_level_that_stays_slow() -> None:
         q.observe(fast)
         n += 1
     assert n == 20
+
+
+# ---------------------------------------------------------------- lease replacement
+
+
+def test_a_worker_is_replaced_after_three_misses_in_a_row_and_an_answer_clears_its_count() -> None:
+    m = LeaseMisses()
+    assert [m.on_miss("a", t) for t in (0.0, 0.1)] == [False, False]
+    m.on_ok("a", 0.2)  # an answer on time: the run starts again
+    assert [m.on_miss("a", t) for t in (0.3, 0.4, 0.5)] == [False, False, True]
+    # Counts are per worker: another worker's misses do not add up with these.
+    assert [m.on_miss(w, 1.0) for w in ("b", "c", "b", "c")] == [False] * 4
+    assert m.on_miss("b", 1.1) is True and m.replaced == 2
+
+
+def test_replacements_are_spaced_by_the_hold_and_back_off_once_nothing_is_on_time() -> None:
+    """A stream that gets no answer on time (the gamer's own uplink is the bottleneck) asks
+    for ever fewer replacements; one answer on time brings the short gap back."""
+    cfg = MissConfig(misses=1, hold_s=0.25, hopeless_s=5.0, hold_max_s=4.0)
+    m = LeaseMisses(cfg)
+    t, said = 0.0, []
+    while t < 60.0:
+        if m.on_miss(f"w{len(said)}", t):
+            said.append(t)
+        t = round(t + 0.05, 2)
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(said)]
+    # every 0.25 s until 5 s have passed without an answer, then 0.5, 1, 2 and 4 s (the cap)
+    assert said[:2] == [0.0, 0.25] and said[21] == 5.25
+    assert gaps[:21] == [0.25] * 21 and gaps[21:25] == [0.5, 1.0, 2.0, 4.0] and set(gaps[25:]) == {4.0}
+    assert m.held > 0
+    m.on_ok("w0", 60.0)
+    assert m.on_miss("x", 64.0) and not m.on_miss("y", 64.1) and m.on_miss("y", 64.25)
+
+
+def test_a_stream_that_keeps_getting_answers_keeps_replacing_promptly() -> None:
+    m = LeaseMisses(MissConfig(misses=1))
+    said = []
+    for i in range(400):  # 40 s: a miss on one worker, an answer on time from another
+        t = i * 0.1
+        if m.on_miss("bad", t):
+            said.append(t)
+        m.on_ok("good", t + 0.05)
+    assert len(said) >= 100  # every 0.25 s at most, never backing off
