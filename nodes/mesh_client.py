@@ -15,6 +15,11 @@ calls) starts a ``MeshClient`` that
    (worker, kind) since the last request (``LeaseRequest.observed``, fed by the SDK's
    completion hook) on the renewals, so the coordinator's service-time estimates learn
    from what gamers actually see;
+4b. replaces a lease whose worker keeps missing: three of its tasks of the kind in a row
+   ended late (or lost, refused, or caught wrong) and the lease is given back and another asked for,
+   at most every 0.25 s per kind, backing off while the kind gets no answer on time at
+   all (``nodes.sdk_cores.LeaseMisses``: a gamer whose own uplink is the bottleneck
+   misses on every worker, and must not hammer its coordinator);
 4a. enforces the leases at dispatch (the SDK's placement hook): a task goes to a worker
    holding a lease for its kind with a free leased slot; when all are full, to the least
    over-subscribed one, and the client asks for another lease (up to
@@ -47,15 +52,30 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mesh import control_wire as cw
-from mesh.errors import P2C2RError, ProtocolError, UnavailableError
+from mesh.errors import (
+    ConnectionLostError,
+    P2C2RError,
+    ProtocolError,
+    RejectedError,
+    TaskTimeoutError,
+    UnavailableError,
+    VerificationError,
+)
 from mesh.identity import peer_id_from_str, peer_id_to_str
 from mesh.transport import Host, Stream
+from nodes.sdk_cores import LeaseMisses, MissConfig
 from nodes.verification import IDLE_LINK_S
 
 if TYPE_CHECKING:
     from nodes.gamer import GamerClient
 
 log = logging.getLogger("p2c2r.mesh_client")
+
+#: Task outcomes that count against the worker that had the task (``LeaseMisses``; the
+#: simulator counts its late, lost and caught tasks).
+_MISSES = frozenset(
+    {TaskTimeoutError.code, ConnectionLostError.code, RejectedError.code, VerificationError.code}
+)
 
 _REPLY_TYPES = (cw.StatusReply, cw.LeaseGrant, cw.LeaseRefused, cw.LeaseRedirect, cw.Pong)
 
@@ -81,6 +101,8 @@ class MeshClientConfig:
     #: many seconds (``GamerClient.close_idle_links``); 0 keeps every link open.
     idle_link_s: float = IDLE_LINK_S
     join_timeout_s: float = 15.0
+    #: When a leased worker's misses get its lease replaced (``LeaseMisses``).
+    lease_misses: MissConfig = field(default_factory=MissConfig)
 
 
 class ControlLink:
@@ -228,6 +250,10 @@ class MeshClientStats:
     observed_sent: int = 0
     #: Links to workers no longer leased or used, closed (``MeshClientConfig.idle_link_s``).
     idle_links_closed: int = 0
+    #: Leases given back because their worker kept missing, and replacements the hold-off
+    #: put off (``LeaseMisses``).
+    leases_replaced: int = 0
+    replacements_held: int = 0
 
 
 @dataclass
@@ -253,6 +279,8 @@ class MeshClient:
     _observed: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     #: Kinds the gamer submitted that we hold no lease for, or whose leases were all full.
     _wanted: dict[str, int] = field(default_factory=dict)
+    #: Per kind: the misses of its leased workers.
+    _misses: dict[str, LeaseMisses] = field(default_factory=dict)
     _wake: trio.Event = field(default_factory=trio.Event)
     _member_rr: int = 0
     _foreign_keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -682,14 +710,46 @@ class MeshClient:
             self._wake.set()
 
     def _on_completion(self, kind: str, worker: bytes | None, latency_s: float, outcome: str) -> None:
-        """Completion hook: remember verified latencies per (worker, kind) for the coordinator."""
-        if worker is None or outcome != "ok" or not (0.0 <= latency_s <= 3600.0):
+        """Completion hook: remember verified latencies per (worker, kind) for the coordinator,
+        and replace the lease of a worker that keeps missing."""
+        if worker is None:
+            return
+        if outcome != "ok":
+            if outcome in _MISSES:
+                self._missed(kind, peer_id_to_str(worker))
+            return
+        misses = self._misses.get(kind)
+        if misses is not None:
+            misses.on_ok(peer_id_to_str(worker), trio.current_time())
+        if not (0.0 <= latency_s <= 3600.0):
             return
         key = (peer_id_to_str(worker), kind)
         if key not in self._observed and len(self._observed) >= 4 * cw.MAX_SAMPLES:
             return  # bounded: a coordinator that never answers must not grow our memory
         n, total = self._observed.get(key, (0, 0.0))
         self._observed[key] = (n + 1, total + latency_s)
+
+    def _missed(self, kind: str, worker: str) -> None:
+        held = [lid for lid, le in self._leases.items() if le.kind == kind and le.worker == worker]
+        if not held:
+            return  # not ours to replace (unleased, or already given back)
+        misses = self._misses.get(kind)
+        if misses is None:
+            misses = self._misses[kind] = LeaseMisses(self.config.lease_misses)
+        before = misses.held
+        if not misses.on_miss(worker, trio.current_time()):
+            self.stats.replacements_held += misses.held - before
+            return
+        for lid in held:
+            lease = self._leases.pop(lid)
+            if lease.foreign is None:
+                self._to_release.append(lid)
+        misses.forget(worker)
+        self.stats.leases_replaced += 1
+        log.info(
+            "worker %s keeps missing %s deadlines: its lease goes back, asking for another", worker, kind
+        )
+        self._wake.set()  # the loop asks for a lease to make up the kind's workers
 
     def leases(self) -> list[tuple[int, str, str, float]]:
         now = trio.current_time()

@@ -14,10 +14,14 @@ import trio.testing
 
 from mesh import control_wire as cw
 from mesh import wire
+from mesh.errors import TaskTimeoutError
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.gamer import GamerClient, GamerConfig, TaskHandle
 from nodes.mesh_client import ControlLink, MeshClient, MeshClientConfig, join_mesh
+from nodes.misbehave import MisbehaveSpec, Misbehaviour
+from nodes.sdk_cores import MissConfig
+from nodes.verification import VerificationConfig
 from tests.integration.control_cluster import Member, coordinators, start_region, wait_for
 
 
@@ -364,3 +368,48 @@ async def test_lease_requests_carry_the_kinds_priority_class(
             assert await gamer.run("echo", b"tile", deadline=10.0) == b"tile"
         nursery.cancel_scope.cancel()
     assert requests and {r.priority for r in requests} == {wire.PRIORITY_BATCH}
+
+
+async def test_a_lease_whose_worker_keeps_missing_is_replaced(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leased worker answers every task 1 s late against a 0.5 s deadline: after three
+    misses in a row its lease goes back (released on the next request) and the gamer gets
+    on with another worker. With the rule off, every task misses."""
+
+    async def run(misses: int) -> tuple[int, MeshClient, list[cw.LeaseRequest], str]:
+        requests = spy_on_lease_requests(monkeypatch)
+        net = MemoryNetwork(seed=16, link=LinkModel(delay_s=0.005))
+        gamer_cfg = GamerConfig(verification=VerificationConfig.off(), hedge=False, adaptive_timeouts=None)
+        mesh_cfg = MeshClientConfig(
+            region="eu", kinds=("echo",), workers_per_kind=1, lease_misses=MissConfig(misses=misses)
+        )
+        async with trio.open_nursery() as nursery:
+            eu = await start_region(net, nursery, "eu", 4, workers=True, seed=9)
+            await wait_for(lambda: one_coordinator(eu), timeout=30)
+            async with (
+                net.open_host() as gamer_host,
+                GamerClient.connect(host=gamer_host, config=gamer_cfg) as gamer,
+                trio.open_nursery() as mesh_nursery,
+            ):
+                mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=mesh_cfg)
+                bad = mesh.leases()[0][1]
+                member = next(m for m in eu if m.peer == bad)
+                assert member.worker is not None
+                member.worker.behaviour = Misbehaviour(MisbehaveSpec("slow", delay_s=1.0))
+                ok = 0
+                for i in range(12):
+                    try:
+                        ok += await gamer.run("echo", b"tick %d" % i, deadline=0.5) == b"tick %d" % i
+                    except TaskTimeoutError:
+                        pass
+                mesh_nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        return ok, mesh, requests, bad
+
+    ok, mesh, requests, bad = await run(3)
+    assert mesh.stats.leases_replaced >= 1 and ok >= 12 - 3 * mesh.stats.leases_replaced
+    assert all(w != bad for _, w, _, _ in mesh.leases())
+    assert mesh.stats.leases_replaced <= len({lid for r in requests for lid in r.release})  # given back
+    ok, mesh, _, bad = await run(10**6)
+    assert ok == 0 and mesh.stats.leases_replaced == 0 and [w for _, w, _, _ in mesh.leases()] == [bad]
