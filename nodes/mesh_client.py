@@ -15,15 +15,16 @@ calls) starts a ``MeshClient`` that
    (worker, kind) since the last request (``LeaseRequest.observed``, fed by the SDK's
    completion hook) on the renewals, so the coordinator's service-time estimates learn
    from what gamers actually see;
-4b. replaces a lease whose worker keeps missing: three of its tasks of the kind in a row
-   ended late (or lost, refused, or caught wrong) and the lease is given back and another asked for,
-   at most every 0.25 s per kind, backing off while the kind gets no answer on time at
-   all (``nodes.sdk_cores.LeaseMisses``: a gamer whose own uplink is the bottleneck
-   misses on every worker, and must not hammer its coordinator);
 4a. enforces the leases at dispatch (the SDK's placement hook): a task goes to a worker
    holding a lease for its kind with a free leased slot; when all are full, to the least
    over-subscribed one, and the client asks for another lease (up to
    ``max_workers_per_kind``); kinds nobody leased yet are leased on first use;
+4b. replaces a lease whose worker keeps missing: three of its tasks of the kind in a row
+   ended late (or lost, refused, or caught wrong) and the lease is given back and another
+   asked for, the worker left out of the kind's requests for a while (``exclude``),
+   at most every 0.25 s per kind, backing off while the kind gets no answer on time at
+   all (``nodes.sdk_cores.LeaseMisses``: a gamer whose own uplink is the bottleneck
+   misses on every worker, and must not hammer its coordinator);
 5. fails over: when its coordinator stops answering (link lost, request timed out, "no
    coordinator"), it asks the region's members who coordinates now, every
    ``retry_s``; if the region has no coordinator for ``region_failover_s`` it moves to the
@@ -542,7 +543,7 @@ class MeshClient:
         # coordinator may not know of the ban: a local one carries no proof to gossip)
         view = self._regions.get(self.region or "")
         members = {m.peer for m in view.members} if view is not None else set()
-        exclude = cw.lease_exclusions(self.gamer.banned(), members)
+        exclude = cw.lease_exclusions(self.gamer.banned() + self._avoided(kind), members)
         priority = self.gamer.config.priority_of(kind)
         req = cw.LeaseRequest(
             rid,
@@ -613,7 +614,7 @@ class MeshClient:
             self.gamer.config.priority_of(kind),
             None,
             None,
-            exclude=cw.lease_exclusions(self.gamer.banned(), members),
+            exclude=cw.lease_exclusions(self.gamer.banned() + self._avoided(kind), members),
         )
         try:
             link = await self._link(coord)
@@ -716,11 +717,11 @@ class MeshClient:
             return
         if outcome != "ok":
             if outcome in _MISSES:
-                self._missed(kind, peer_id_to_str(worker))
+                self._missed(kind, worker)
             return
         misses = self._misses.get(kind)
         if misses is not None:
-            misses.on_ok(peer_id_to_str(worker), trio.current_time())
+            misses.on_ok(worker, trio.current_time())
         if not (0.0 <= latency_s <= 3600.0):
             return
         key = (peer_id_to_str(worker), kind)
@@ -729,8 +730,14 @@ class MeshClient:
         n, total = self._observed.get(key, (0, 0.0))
         self._observed[key] = (n + 1, total + latency_s)
 
-    def _missed(self, kind: str, worker: str) -> None:
-        held = [lid for lid, le in self._leases.items() if le.kind == kind and le.worker == worker]
+    def _avoided(self, kind: str) -> list[bytes]:
+        """Workers replaced lately for ``kind``: its lease requests leave them out."""
+        misses = self._misses.get(kind)
+        return misses.avoided(trio.current_time()) if misses is not None else []
+
+    def _missed(self, kind: str, worker: bytes) -> None:
+        name = peer_id_to_str(worker)
+        held = [lid for lid, le in self._leases.items() if le.kind == kind and le.worker == name]
         if not held:
             return  # not ours to replace (unleased, or already given back)
         misses = self._misses.get(kind)
@@ -746,9 +753,7 @@ class MeshClient:
                 self._to_release.append(lid)
         misses.forget(worker)
         self.stats.leases_replaced += 1
-        log.info(
-            "worker %s keeps missing %s deadlines: its lease goes back, asking for another", worker, kind
-        )
+        log.info("worker %s keeps missing %s deadlines: its lease goes back, asking for another", name, kind)
         self._wake.set()  # the loop asks for a lease to make up the kind's workers
 
     def leases(self) -> list[tuple[int, str, str, float]]:

@@ -1264,9 +1264,13 @@ class Simulation:
             gamer_coord=self.w.coords[st.gamer],
             affinity=self.w.peer_ids[lane.worker] if lane.worker >= 0 else None,
             lease_s=st.lease_s,
-            # the gamer's own bans, as ``nodes.mesh_client`` sends them (``LeaseRequest.exclude``)
+            # the gamer's own bans and the stream's replaced workers, as ``nodes.mesh_client``
+            # sends them (``LeaseRequest.exclude``)
             exclude=cw.lease_exclusions(
-                [p for p, _ in self._gamer_of(st).rep.banned(now)], self.region_ids[c.region], bytes.decode
+                [p for p, _ in self._gamer_of(st).rep.banned(now)]
+                + [self.wb[w] for w in st.misses.avoided(now)],
+                self.region_ids[c.region],
+                bytes.decode,
             ),
         )
         samples = tuple(lane.samples)

@@ -408,8 +408,10 @@ async def test_a_lease_whose_worker_keeps_missing_is_replaced(
         return ok, mesh, requests, bad
 
     ok, mesh, requests, bad = await run(3)
-    assert mesh.stats.leases_replaced >= 1 and ok >= 12 - 3 * mesh.stats.leases_replaced
+    # three misses per replacement, and the task sent before the new lease is in
+    assert mesh.stats.leases_replaced >= 1 and ok >= 12 - 4 * mesh.stats.leases_replaced
     assert all(w != bad for _, w, _, _ in mesh.leases())
     assert mesh.stats.leases_replaced <= len({lid for r in requests for lid in r.release})  # given back
+    assert any(bad in r.exclude for r in requests)  # and not asked for again straight away
     ok, mesh, _, bad = await run(10**6)
     assert ok == 0 and mesh.stats.leases_replaced == 0 and [w for _, w, _, _ in mesh.leases()] == [bad]

@@ -209,3 +209,10 @@ def test_a_stream_that_keeps_getting_answers_keeps_replacing_promptly() -> None:
             said.append(t)
         m.on_ok("good", t + 0.05)
     assert len(said) >= 100  # every 0.25 s at most, never backing off
+
+
+def test_a_replaced_worker_is_avoided_for_a_while() -> None:
+    m = LeaseMisses(MissConfig(misses=1, avoid_s=10.0))
+    assert m.on_miss("a", 0.0) and m.avoided(0.0) == ["a"]
+    assert m.on_miss("b", 5.0) and sorted(m.avoided(5.0)) == ["a", "b"]
+    assert m.avoided(10.0) == ["b"] and m.avoided(15.0) == []
