@@ -225,7 +225,7 @@ class LeaseMisses:
     the next, until an answer comes. A gamer whose own uplink cannot carry its stream misses
     on every worker, and replacing at every third miss had the simulator's uplink-bound
     gamers asking their coordinator for a new lease ten times a second for nothing (finding
-    13 in ``docs/SIMULATION.md``); a stream that still gets answers on time keeps moving off
+    14 in ``docs/SIMULATION.md``); a stream that still gets answers on time keeps moving off
     the workers that miss (hopping until a good one is found is worth it there: backing off
     whenever two replacements came without an answer in between cost 1.3 % of the answers
     on time at 1,000 peers). A replaced worker stays out of the stream's lease requests for
