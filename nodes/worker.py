@@ -265,8 +265,9 @@ class _Lane:
     """Slots for one class of work: interactive, or batch in the niced background."""
 
     def __init__(self, slots: int) -> None:
-        self.limiter = trio.CapacityLimiter(max(1, slots))
-        self.queue = QueueEstimate(slots)
+        self.slots = max(1, slots)
+        self.limiter = trio.CapacityLimiter(self.slots)
+        self.queue = QueueEstimate(self.slots)
         #: Where its kernels run; None: trio's thread cache.
         self.executor: Executor | None = None
 
@@ -375,14 +376,15 @@ class Worker:
         return self._queued / max(1, self.config.concurrency)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        c = self.config
-        slots, nice = int(self._batch.limiter.total_tokens), (c.batch_nice,)
+        c, batch = self.config, self._batch
         if c.executor == "process":
-            self._interactive.executor = ProcessPoolExecutor(max_workers=c.concurrency)
-            self._batch.executor = ProcessPoolExecutor(slots, initializer=_lower_priority, initargs=nice)
+            self._interactive.executor = ProcessPoolExecutor(self._interactive.slots)
+            batch.executor = ProcessPoolExecutor(
+                batch.slots, initializer=_lower_priority, initargs=(c.batch_nice,)
+            )
         elif c.batch_nice > 0:
-            self._batch.executor = ThreadPoolExecutor(
-                slots, "p2c2r-batch", initializer=_lower_priority, initargs=nice
+            batch.executor = ThreadPoolExecutor(
+                batch.slots, "p2c2r-batch", initializer=_lower_priority, initargs=(c.batch_nice,)
             )
         if self.config.shm and shm.available():
             shm.sweep()  # what crashed nodes and gamers on this host left behind
