@@ -751,7 +751,6 @@ class MeshClient:
             lease = self._leases.pop(lid)
             if lease.foreign is None:
                 self._to_release.append(lid)
-        misses.forget(worker)
         self.stats.leases_replaced += 1
         log.info("worker %s keeps missing %s deadlines: its lease goes back, asking for another", name, kind)
         self._wake.set()  # the loop asks for a lease to make up the kind's workers

@@ -275,10 +275,6 @@ class LeaseMisses:
             del self._avoid[w]
         return list(self._avoid)
 
-    def forget(self, worker: Any) -> None:
-        """``worker`` holds no lease of this stream any more."""
-        self._run.pop(worker, None)
-
 
 # ---------------------------------------------------------------- adaptive quality
 

@@ -1378,7 +1378,6 @@ class Simulation:
         self._count("leases_replaced")
         if lane.lease_coord is not None and self.loop.now < lane.lease_exp:
             self._release(lane.lease_coord, lane.lease_id, st.gamer)
-        st.misses.forget(lane.worker)
         self._drop_lease(lane)
         self._maybe_request(lane)
 
