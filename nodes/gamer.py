@@ -1364,28 +1364,10 @@ class GamerClient:
                 elif item.wire_id in self._wires:  # skip copies cancelled or expired while queued
                     budget_ms = max(1, int((item.deadline - now) * 1000))
                     ref = self._segment_for(link, item)
-                    if ref is not None:
-                        rec = wire.TaskRecord(
-                            item.wire_id,
-                            item.kind,
-                            item.params,
-                            b"",
-                            wire.ENC_SHM,
-                            budget_ms,
-                            ref,
-                            item.priority,
-                        )
-                    else:
-                        payload, enc = item.stream_payload()
-                        rec = wire.TaskRecord(
-                            item.wire_id,
-                            item.kind,
-                            item.params,
-                            payload,
-                            enc,
-                            budget_ms,
-                            priority=item.priority,
-                        )
+                    payload, enc = (b"", wire.ENC_SHM) if ref is not None else item.stream_payload()
+                    rec = wire.TaskRecord(
+                        item.wire_id, item.kind, item.params, payload, enc, budget_ms, ref, item.priority
+                    )
                     if batch and size + len(rec.data) > self.config.max_batch_bytes:
                         # Never pile a big task onto a batch: the frame could pass max_frame.
                         await self._write_tasks(link, batch)
