@@ -82,6 +82,13 @@ PRIORITY_FRAME = 0
 PRIORITY_NORMAL = 1
 PRIORITY_BATCH = 2
 MAX_PRIORITY = 15
+
+
+def is_priority(x: Any) -> bool:
+    """Whether ``x`` is a priority class (an integer from 0 to ``MAX_PRIORITY``)."""
+    return not isinstance(x, bool) and isinstance(x, int) and 0 <= x <= MAX_PRIORITY
+
+
 #: Bytes a record adds to its frame besides payload, kind and parameters (generous), so
 #: senders can refuse a record that could never fit in a peer's ``max_frame``.
 RECORD_OVERHEAD = 256
@@ -140,7 +147,7 @@ class TaskRecord:
     shm: ShmRef | None = None
     #: The task's priority class (``PRIORITY_FRAME`` .. ``MAX_PRIORITY``): a worker runs
     #: ``PRIORITY_BATCH`` and above in its niced background lane, behind interactive work.
-    priority: int = 1
+    priority: int = PRIORITY_NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +400,7 @@ def _decode_task(item: Any) -> TaskRecord:
         raise ProtocolError("task record must be a list of 6 fields (7 with a priority)")
     tid, kind, params, data, enc, budget = item[:6]
     priority = item[6] if len(item) == 7 else PRIORITY_NORMAL
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+    if not is_priority(priority):
         raise ProtocolError(f"task priority must be an integer from 0 to {MAX_PRIORITY}")
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise ProtocolError(f"task params must be a map of at most {MAX_PARAMS} entries")

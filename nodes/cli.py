@@ -183,7 +183,7 @@ async def _run_node(args: argparse.Namespace) -> None:
         console.print(f"  key file     {config.key_file}")
         console.print(f"  kinds        {', '.join(node.registry.names())}")
         console.print(
-            f"  executor     {w.executor} x {w.concurrency} + batch x {w.batch_concurrency or w.concurrency}"
+            f"  executor     {w.executor} x {w.concurrency} + batch x {w.batch_slots}"
             f" (nice +{w.batch_nice}), max frame {w.max_frame // (1024 * 1024)} MiB"
         )
         console.print("  security     Noise (plaintext refused), yamux, protocol /p2c2r/task/1.0.0")

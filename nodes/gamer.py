@@ -201,7 +201,7 @@ class GamerConfig:
     def priority_of(self, kind: str, priority: int | None = None) -> int:
         """``priority`` when given, else ``kind``'s class; a typed error when out of range."""
         p = self.priorities.get(kind, wire.PRIORITY_NORMAL) if priority is None else priority
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= wire.MAX_PRIORITY:
+        if not wire.is_priority(p):
             raise ValueError(
                 f"priority of {kind!r} must be an integer from 0 to {wire.MAX_PRIORITY}, got {p!r}"
             )

@@ -539,23 +539,17 @@ class MeshClient:
         rid = next(self._rids)
         release = tuple(self._to_release[: cw.MAX_RELEASES])
         observed = self._take_observed()
-        # the workers this gamer banned itself: a lease on one would be wasted (and the
-        # coordinator may not know of the ban: a local one carries no proof to gossip)
-        view = self._regions.get(self.region or "")
-        members = {m.peer for m in view.members} if view is not None else set()
-        exclude = cw.lease_exclusions(self.gamer.banned() + self._avoided(kind), members)
-        priority = self.gamer.config.priority_of(kind)
         req = cw.LeaseRequest(
             rid,
             kind,
             self.config.slots,
             self.config.within_s,
-            priority,
+            self.gamer.config.priority_of(kind),
             None,
             affinity,
             release,
             observed,
-            exclude,
+            self._exclusions(kind, self.region or ""),
         )
         try:
             reply = await link.request(req, rid, self.config.request_timeout_s)
@@ -601,10 +595,19 @@ class MeshClient:
             return False
         raise ProtocolError(f"unexpected reply to a lease request: {type(reply).__name__}")
 
-    async def _overflow_request(self, kind: str, region: str, coord: str) -> bool:
-        """Ask ``region``'s coordinator, once, for the lease ours overflowed to it."""
+    def _exclusions(self, kind: str, region: str) -> tuple[str, ...]:
+        """What a lease request for ``kind`` to ``region`` leaves out: the workers this
+        gamer banned itself (a lease on one would be wasted, and the coordinator may not
+        know of the ban: a local one carries no proof to gossip), then those it replaced
+        lately for missing (``LeaseMisses.avoided``)."""
         view = self._regions.get(region)
         members = {m.peer for m in view.members} if view is not None else set()
+        misses = self._misses.get(kind)
+        avoided = misses.avoided(trio.current_time()) if misses is not None else []
+        return cw.lease_exclusions(self.gamer.banned() + avoided, members)
+
+    async def _overflow_request(self, kind: str, region: str, coord: str) -> bool:
+        """Ask ``region``'s coordinator, once, for the lease ours overflowed to it."""
         rid = next(self._rids)
         req = cw.LeaseRequest(
             rid,
@@ -614,7 +617,7 @@ class MeshClient:
             self.gamer.config.priority_of(kind),
             None,
             None,
-            exclude=cw.lease_exclusions(self.gamer.banned() + self._avoided(kind), members),
+            exclude=self._exclusions(kind, region),
         )
         try:
             link = await self._link(coord)
@@ -729,11 +732,6 @@ class MeshClient:
             return  # bounded: a coordinator that never answers must not grow our memory
         n, total = self._observed.get(key, (0, 0.0))
         self._observed[key] = (n + 1, total + latency_s)
-
-    def _avoided(self, kind: str) -> list[bytes]:
-        """Workers replaced lately for ``kind``: its lease requests leave them out."""
-        misses = self._misses.get(kind)
-        return misses.avoided(trio.current_time()) if misses is not None else []
 
     def _missed(self, kind: str, worker: bytes) -> None:
         name = peer_id_to_str(worker)

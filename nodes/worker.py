@@ -140,6 +140,11 @@ class WorkerConfig:
     #: take a worker busy with other gamers' work for a silent one. ``inf``: never.
     queue_notice_s: float = 0.25
 
+    @property
+    def batch_slots(self) -> int:
+        """The batch lane's slots: ``batch_concurrency``, or ``concurrency`` when 0."""
+        return self.batch_concurrency or self.concurrency
+
 
 class FrameTimeoutError(ProtocolError):
     """A peer started a frame and did not finish it in time (a slow or stalled sender)."""
@@ -349,7 +354,7 @@ class Worker:
         self.metrics = NodeMetrics("worker")
         self._queued = 0
         self._interactive = _Lane(config.concurrency)
-        self._batch = _Lane(config.batch_concurrency or config.concurrency)
+        self._batch = _Lane(config.batch_slots)
         #: The interactive and batch lanes' queue estimates.
         self.queue = self._interactive.queue
         self.batch_queue = self._batch.queue
