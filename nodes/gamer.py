@@ -108,6 +108,7 @@ from nodes.shm import DEFAULT_MIN_BYTES as SHM_MIN_BYTES
 from nodes.verification import (
     Cancel,
     Effect,
+    LeasePlacer,
     Penalise,
     Probe,
     Reject,
@@ -933,23 +934,24 @@ class GamerClient:
         if not others:
             return  # nobody else to ask: the hedge could only add load
         core = self._core
-        user_placer = core.placer
-        cands = sorted((w, len(self._by_peer[w].pending)) for w in others if w in self._by_peer)
-        if not cands:
+        pending = {w: len(self._by_peer[w].pending) for w in others if w in self._by_peer}
+        if not pending:
             return
-        if user_placer is not None:
-            # The control plane's choice (e.g. leases) binds hedges too: no pick, no hedge.
-            target = user_placer(ut.kind, cands)
-            if target is None or all(w != target for w, _ in cands):
-                return
+        # The control plane's choice (e.g. leases) binds hedges too: no pick, no hedge.
+        if core.lease_placer is not None:
+            target = core.lease_placer(ut.kind, pending.get)
+        elif core.placer is not None:
+            target = core.placer(ut.kind, sorted(pending.items()))
         else:
-            target = min(cands, key=lambda c: (c[1], c[0]))[0]
+            target = min(sorted(pending.items()), key=lambda c: c[1])[0]
+        if target is None or target not in pending:
+            return
         if not self.hedge_budget.try_spend():
             self.stats.hedges_denied += 1
             self.metrics.hedge_denied.inc()
             return
 
-        def elsewhere(kind: str, cands: list[tuple[bytes, int]]) -> bytes | None:
+        def elsewhere(kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
             return target
 
         hid = os.urandom(wire.TASK_ID_LEN)
@@ -957,11 +959,11 @@ class GamerClient:
         ut.core_ids.append(hid)
         self.stats.hedges += 1
         self.metrics.hedge_sent.inc()
-        core.placer = elsewhere
+        lease_placer, core.lease_placer = core.lease_placer, elsewhere  # it takes precedence
         try:
             core.on_submit(Task(hid, ut.kind, ut.params, ut.data, ut.deadline), now)
         finally:
-            core.placer = user_placer
+            core.lease_placer = lease_placer
 
     def _user_task(self, core_id: bytes) -> _UserTask | None:
         return self._tasks.get(self._hedge_of.get(core_id, core_id))
@@ -993,6 +995,14 @@ class GamerClient:
         or None to let the policy choose. Duplicates and probes stay the policy's choice.
         """
         self._core.placer = placer
+
+    def set_lease_placement(self, placer: LeasePlacer | None) -> None:
+        """Like ``set_placement``, without building the list of every live worker for each
+        task (the mesh client's placement from leases): ``placer(kind, in_flight)`` returns
+        the primary's peer id or None, where ``in_flight(peer id)`` is that worker's copies
+        in flight, or None when it is not live or is banned. It takes precedence over a
+        ``set_placement`` placer."""
+        self._core.lease_placer = placer
 
     def add_completion_hook(self, hook: CompletionHook) -> None:
         """Call ``hook(kind, worker, latency_s, outcome)`` when a task ends (for coordinators)."""

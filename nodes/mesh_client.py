@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +230,11 @@ class _Lease:
     renew_at: float
     #: The coordinator of another region that granted it (an overflow lease), else None.
     foreign: str | None = None
+    #: ``worker`` as peer id bytes, as the SDK names workers (decoded once, not per task).
+    peer: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.peer = peer_id_from_str(self.worker)
 
 
 @dataclass
@@ -288,7 +293,7 @@ class MeshClient:
 
     def __post_init__(self) -> None:
         # Lease enforcement at dispatch, and latencies back to the coordinator (see module doc).
-        self.gamer.set_placement(self._place)
+        self.gamer.set_lease_placement(self._place)
         self.gamer.add_completion_hook(self._on_completion)
 
     # ------------------------------------------------------------------ links
@@ -497,10 +502,10 @@ class MeshClient:
 
     async def _maintain_leases(self) -> None:
         now = trio.current_time()
-        alive_workers = {peer_id_to_str(p) for p in self.gamer.workers()}
+        alive_workers = set(self.gamer.workers())
         for lid in sorted(self._leases):
             lease = self._leases[lid]
-            if lease.expires_at <= now or lease.worker not in alive_workers:
+            if lease.expires_at <= now or lease.peer not in alive_workers:
                 del self._leases[lid]
                 if lease.expires_at > now and lease.foreign is None:
                     self._to_release.append(lid)
@@ -519,7 +524,7 @@ class MeshClient:
                 if not await self._request(kind, affinity=None, replaces=None):
                     break
         if self.config.idle_link_s > 0:
-            leased = {peer_id_from_str(le.worker) for le in self._leases.values()}
+            leased = {le.peer for le in self._leases.values()}
             for peer in self.gamer.close_idle_links(self.config.idle_link_s, keep=leased):
                 self.stats.idle_links_closed += 1
                 log.debug("closed idle link to %s", peer_id_to_str(peer))
@@ -672,7 +677,7 @@ class MeshClient:
 
     # ------------------------------------------------------------------ SDK hooks
 
-    def _place(self, kind: str, candidates: list[tuple[bytes, int]]) -> bytes | None:
+    def _place(self, kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
         """The SDK's placer: a live worker we hold a lease for ``kind`` on, with a free slot.
 
         Leased slots per worker are summed over its unexpired leases of the kind. A worker
@@ -682,18 +687,21 @@ class MeshClient:
         lease for the kind (before the first grant, or after a coordinator died and the
         leases ran out), ``None`` lets the SDK pick the least-loaded connected worker: every
         connected worker was leased to us once, and a task is never held back for a lease.
+
+        Its cost is the leases held, whatever the number of connected workers (a lease
+        placer: ``in_flight(peer)`` is None for a worker that is not live or is banned).
         """
         now = trio.current_time()
-        slots: dict[str, int] = {}
+        slots: dict[bytes, int] = {}
         for lease in self._leases.values():
             if lease.kind == kind and lease.expires_at > now:
-                slots[lease.worker] = slots.get(lease.worker, 0) + lease.slots
-        best: tuple[float, int, bytes] | None = None
-        for i, (peer, in_flight) in enumerate(candidates):
-            s = slots.get(peer_id_to_str(peer), 0)
-            if s <= 0:
+                slots[lease.peer] = slots.get(lease.peer, 0) + lease.slots
+        best: tuple[float, bytes] | None = None
+        for peer, s in slots.items():
+            n = in_flight(peer)
+            if n is None or s <= 0:
                 continue
-            key = (in_flight / s, i, peer)
+            key = (n / s, peer)
             if best is None or key < best:
                 best = key
         if best is None:
@@ -705,7 +713,7 @@ class MeshClient:
             self._want(kind)
         else:
             self.stats.placed_leased += 1
-        return best[2]
+        return best[1]
 
     def _want(self, kind: str) -> None:
         first = kind not in self._wanted
@@ -734,8 +742,7 @@ class MeshClient:
         self._observed[key] = (n + 1, total + latency_s)
 
     def _missed(self, kind: str, worker: bytes) -> None:
-        name = peer_id_to_str(worker)
-        held = [lid for lid, le in self._leases.items() if le.kind == kind and le.worker == name]
+        held = [lid for lid, le in self._leases.items() if le.kind == kind and le.peer == worker]
         if not held:
             return  # not ours to replace (unleased, or already given back)
         misses = self._misses.get(kind)
@@ -750,7 +757,11 @@ class MeshClient:
             if lease.foreign is None:
                 self._to_release.append(lid)
         self.stats.leases_replaced += 1
-        log.info("worker %s keeps missing %s deadlines: its lease goes back, asking for another", name, kind)
+        log.info(
+            "worker %s keeps missing %s deadlines: its lease goes back, asking for another",
+            lease.worker,
+            kind,
+        )
         self._wake.set()  # the loop asks for a lease to make up the kind's workers
 
     def leases(self) -> list[tuple[int, str, str, float]]:

@@ -39,6 +39,11 @@ under ``features``:
   settings alternated over several rounds (median reported, every round kept);
 - ``executor``: thread vs process (the section below).
 
+``sdk_placement`` (``--only-sdk-placement`` runs it alone; no workers needed): the gamer's
+CPU per task in its verification core with the mesh client's placement from leases
+installed, two leased workers among 4 to 256 connected ones (the core's ``on_submit`` and
+``on_cancel``, verification policy off, so placement is what varies).
+
 ``--libp2p-tuning on|off`` runs the whole benchmark with the tuning on or off (workers and
 gamer; it sets ``P2C2R_LIBP2P_TUNING``, which new hosts read when they open).
 
@@ -627,8 +632,41 @@ async def executor_compare(tmp: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+async def sdk_placement(quick: bool) -> dict[str, float]:
+    """Microseconds of gamer CPU per task, by connected workers (see the module doc)."""
+    from mesh.identity import Identity, peer_id_to_str
+    from mesh.libp2p_host import open_host
+    from nodes.mesh_client import MeshClient, _Lease
+    from nodes.verification import Task
+
+    out: dict[str, float] = {}
+    ids = sorted(Identity.generate().peer_id_bytes for _ in range(256))
+    async with open_host(Identity.generate()) as host, trio.open_nursery() as nursery:
+        for n in (4, 16, 64, 256):
+            gamer = GamerClient(host, nursery, GamerConfig(verification=OFF))
+            mesh = MeshClient(gamer, host, nursery)  # installs its placement hook
+            core, now = gamer._core, trio.current_time()
+            for w in ids[:n]:
+                core.on_worker_up(w, now)
+            for i, w in enumerate((ids[0], ids[n - 1])):
+                mesh._leases[i] = _Lease(i, peer_id_to_str(w), "echo", 2, now + 3600, now + 3600)
+            k = 500 if quick else 3000
+            t = time.process_time()
+            for j in range(k):
+                tid = j.to_bytes(16, "big")
+                core.on_submit(Task(tid, "echo", {}, b"x", now + 10.0), now)
+                core.on_cancel(tid, now)
+            out[f"{n}_connected_us_per_task"] = round((time.process_time() - t) / k * 1e6, 1)
+            assert mesh.stats.placed_leased == k
+            print(f"sdk placement: {n:3d} connected workers, {out[f'{n}_connected_us_per_task']} us per task")
+        nursery.cancel_scope.cancel()
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
+    if args.only_sdk_placement:
+        return {"machine": {"cpus": os.cpu_count()}, "sdk_placement": await sdk_placement(quick)}
     if args.only_libp2p_tuning or args.only_batch_lane:
         with tempfile.TemporaryDirectory(prefix="p2c2r-bench-") as tmp:
             if args.only_libp2p_tuning:
@@ -673,6 +711,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 res["batched"] = await measured(ports, "batched", batched(addrs, n, 256))
                 res["mib"] = await measured(ports, "1 MiB", mib(addrs[0], 30 if quick else 200))
+                res["sdk_placement"] = await sdk_placement(quick)
                 if not args.skip_features:
                     res["features"] = await features(addrs, Path(tmp), quick)
                 drains.cancel_scope.cancel()
@@ -707,6 +746,11 @@ if __name__ == "__main__":
         "--only-batch-lane",
         action="store_true",
         help="run only the batch_lane on/off comparison of the features",
+    )
+    ap.add_argument(
+        "--only-sdk-placement",
+        action="store_true",
+        help="run only the gamer's per-task placement CPU by connected workers",
     )
     a = ap.parse_args()
     out = trio.run(main, a)

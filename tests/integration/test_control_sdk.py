@@ -5,7 +5,7 @@ no submitted task lost on the way."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -45,6 +45,23 @@ def one_coordinator(members: list[Member]) -> bool:
 def coordinator_of(members: list[Member]) -> Member:
     coord = next(iter(coordinators(members)))[0]
     return next(m for m in members if m.peer == coord)
+
+
+@asynccontextmanager
+async def mesh_gamer(
+    net: MemoryNetwork, via: Member, config: MeshClientConfig, gamer_config: GamerConfig = GamerConfig()
+) -> AsyncIterator[tuple[GamerClient, MeshClient]]:
+    """A gamer joined through ``join_mesh`` with ``config``, bootstrapping from ``via`` alone;
+    its mesh client is stopped on the way out."""
+    assert via.host is not None
+    async with (
+        net.open_host() as gamer_host,
+        GamerClient.connect(host=gamer_host, config=gamer_config) as gamer,
+        trio.open_nursery() as mesh_nursery,
+    ):
+        mesh = await join_mesh(gamer, mesh_nursery, [via.host.listen_addrs()[0]], config=config)
+        yield gamer, mesh
+        mesh_nursery.cancel_scope.cancel()
 
 
 def spy_on_lease_requests(monkeypatch: pytest.MonkeyPatch) -> list[cw.LeaseRequest]:
@@ -265,12 +282,7 @@ async def test_gamer_closes_links_to_workers_it_no_longer_leases_or_uses(
     async with trio.open_nursery() as nursery:
         eu = await start_region(net, nursery, "eu", 5, workers=True, seed=5)
         await wait_for(lambda: one_coordinator(eu), timeout=30)
-        async with (
-            net.open_host() as gamer_host,
-            GamerClient.connect(host=gamer_host) as gamer,
-            trio.open_nursery() as mesh_nursery,
-        ):
-            mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=config)
+        async with mesh_gamer(net, eu[1], config) as (gamer, mesh):
             leased = {w for _, w, _, _ in mesh.leases()}
             assert len(leased) == 1
             # a worker connected but never leased (e.g. left over from an earlier lease)
@@ -298,7 +310,6 @@ async def test_gamer_closes_links_to_workers_it_no_longer_leases_or_uses(
             assert spare_id not in gamer.workers()
             # the leased worker stays connected while idle, and a task still runs
             assert await gamer.run("echo", b"after") == b"after"
-            mesh_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
 
 
@@ -320,12 +331,7 @@ async def test_a_full_region_lends_the_gamer_a_lease_in_the_next_region(
         await wait_for(lambda: one_coordinator(eu) and one_coordinator(us), timeout=30)
         await trio.sleep(3.0)  # coordinators have each other's summaries
         us_peers = {m.peer for m in us}
-        async with (
-            net.open_host() as gamer_host,
-            GamerClient.connect(host=gamer_host) as gamer,
-            trio.open_nursery() as mesh_nursery,
-        ):
-            mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=config)
+        async with mesh_gamer(net, eu[1], config) as (gamer, mesh):
             await wait_for(lambda: mesh.stats.overflow_leases >= 1, timeout=20)
             lent = [(lid, w, ttl) for lid, w, _, ttl in mesh.leases() if w in us_peers]
             assert len(lent) == 1 and mesh.stats.redirects >= 1
@@ -341,7 +347,6 @@ async def test_a_full_region_lends_the_gamer_a_lease_in_the_next_region(
             await trio.sleep(max(0.0, until - trio.current_time()) + 2.0)  # renewals went out meanwhile
             releases = [released for r in requests for released in r.release]
             assert releases and lid not in releases and min(releases) >= 0  # ours only
-            mesh_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
 
 
@@ -387,12 +392,7 @@ async def test_a_lease_whose_worker_keeps_missing_is_replaced(
         async with trio.open_nursery() as nursery:
             eu = await start_region(net, nursery, "eu", 4, workers=True, seed=9)
             await wait_for(lambda: one_coordinator(eu), timeout=30)
-            async with (
-                net.open_host() as gamer_host,
-                GamerClient.connect(host=gamer_host, config=gamer_cfg) as gamer,
-                trio.open_nursery() as mesh_nursery,
-            ):
-                mesh = await join_mesh(gamer, mesh_nursery, [eu[1].host.listen_addrs()[0]], config=mesh_cfg)
+            async with mesh_gamer(net, eu[1], mesh_cfg, gamer_cfg) as (gamer, mesh):
                 bad = mesh.leases()[0][1]
                 member = next(m for m in eu if m.peer == bad)
                 assert member.worker is not None
@@ -403,7 +403,6 @@ async def test_a_lease_whose_worker_keeps_missing_is_replaced(
                         ok += await gamer.run("echo", b"tick %d" % i, deadline=0.5) == b"tick %d" % i
                     except TaskTimeoutError:
                         pass
-                mesh_nursery.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
         return ok, mesh, requests, bad
 
@@ -415,3 +414,50 @@ async def test_a_lease_whose_worker_keeps_missing_is_replaced(
     assert any(bad in r.exclude for r in requests)  # and not asked for again straight away
     ok, mesh, _, bad = await run(10**6)
     assert ok == 0 and mesh.stats.leases_replaced == 0 and [w for _, w, _, _ in mesh.leases()] == [bad]
+
+
+async def test_placement_from_leases_asks_only_about_leased_workers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The SDK's placer is a lease placer: per task it looks at the leases held, not at
+    every connected worker (it used to take the list of every live worker and encode each
+    one's peer id, about 10 us apiece, for every task). A leased worker that is not a
+    candidate (gone, banned) is passed over; with none left the SDK chooses."""
+    net = MemoryNetwork(seed=17, link=LinkModel(delay_s=0.005))
+    mesh_cfg = MeshClientConfig(region="eu", kinds=("echo",), workers_per_kind=2)
+    async with trio.open_nursery() as nursery:
+        eu = await start_region(net, nursery, "eu", 5, workers=True, seed=10)
+        await wait_for(lambda: one_coordinator(eu), timeout=30)
+        async with mesh_gamer(net, eu[1], mesh_cfg) as (gamer, mesh):
+            await wait_for(lambda: len({w for _, w, _, _ in mesh.leases()}) >= 2, 5)
+            for m in eu:  # connected to every worker of the region, leased on two of them
+                await mesh._add_worker(m.peer)
+            assert len(gamer.workers()) == 5
+            leased = sorted({le.peer for le in mesh._leases.values()})
+            asked: list[bytes] = []
+
+            def in_flight(counts: dict[bytes, int]) -> Callable[[bytes], int | None]:
+                def ask(peer: bytes) -> int | None:
+                    asked.append(peer)
+                    return counts.get(peer)
+
+                return ask
+
+            everyone = {p: 0 for p in gamer.workers()}
+            assert mesh._place("echo", in_flight(everyone)) == leased[0]  # ties: lowest id
+            assert sorted(asked) == leased
+            before = mesh.stats.placed_leased
+            busy = everyone | {leased[0]: 5}
+            assert mesh._place("echo", in_flight(busy)) == leased[1]
+            gone = {p: n for p, n in everyone.items() if p != leased[1]}
+            assert mesh._place("echo", in_flight(gone | {leased[0]: 9})) == leased[0]
+            assert mesh.stats.placed_leased == before + 1 and mesh.stats.placed_over_capacity == 1
+            unleased = mesh.stats.placed_unleased
+            assert mesh._place("echo", in_flight({p: 0 for p in everyone if p not in leased})) is None
+            assert mesh._place("reverse", in_flight(everyone)) is None  # no lease of the kind
+            assert mesh.stats.placed_unleased == unleased + 2
+            # and a task's primary goes to a leased worker (duplicates are the policy's)
+            placed = mesh.stats.placed_leased
+            assert await gamer.run("echo", b"x", deadline=5.0) == b"x"
+            assert mesh.stats.placed_leased == placed + 1
+        nursery.cancel_scope.cancel()

@@ -129,6 +129,25 @@ def prefer(peer: bytes) -> Callable[[str, list[tuple[bytes, int]]], bytes | None
     return placer
 
 
+def prefer_leased(*peers: bytes) -> Callable[[str, Callable[[bytes], int | None]], bytes | None]:
+    """``prefer`` as a lease placer (``GamerClient.set_lease_placement``, which names no
+    candidates): the first of ``peers`` that is a candidate (live, unbanned), else None."""
+
+    def placer(kind: str, in_flight: Callable[[bytes], int | None]) -> bytes | None:
+        return next((p for p in peers if in_flight(p) is not None), None)
+
+    return placer
+
+
+def place_on(m: Mesh, hook: str) -> None:
+    """Primaries to worker 0 while it is a candidate, else to worker 1, through the SDK's
+    placement hook ``hook`` ("placer" or "lease")."""
+    if hook == "lease":
+        m.gamer.set_lease_placement(prefer_leased(m.peer(0), m.peer(1)))
+    else:
+        m.gamer.set_placement(prefer(m.peer(0)))
+
+
 def received(m: Mesh) -> int:
     return sum(w.stats.received for w in m.workers)
 
@@ -231,11 +250,12 @@ async def train(m: Mesh, n: int = 10, kind: str = "reverse") -> None:
         await m.gamer.run(kind, b"train-%d" % i)
 
 
+@pytest.mark.parametrize("hook", ["placer", "lease"])
 async def test_a_slow_task_is_hedged_after_the_learned_delay_and_the_first_answer_wins(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, hook: str
 ) -> None:
     async with open_mesh(2, hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(prefer(m.peer(0)))  # primaries go to the slow one
+        place_on(m, hook)  # primaries go to the slow one
         await train(m)
         assert m.gamer.timeouts is not None
         delay = m.gamer.timeouts.hedge_delay("reverse")
@@ -277,10 +297,14 @@ async def test_hedges_are_capped_by_the_budget(autojump_clock: trio.abc.Clock) -
         assert [h.worker == m.peer(1) for h in handles].count(True) == 2
 
 
-async def test_hedges_go_only_where_the_placer_allows(autojump_clock: trio.abc.Clock) -> None:
+@pytest.mark.parametrize("hook", ["placer", "lease"])
+async def test_hedges_go_only_where_the_placer_allows(autojump_clock: trio.abc.Clock, hook: str) -> None:
     # A control plane that leases only worker 0: a hedge elsewhere would break the lease.
     async with open_mesh(2, hold={0: Hold(slow_if_tagged)}) as m:
-        m.gamer.set_placement(lambda kind, cands: m.peer(0))
+        if hook == "lease":
+            m.gamer.set_lease_placement(lambda kind, in_flight: m.peer(0))
+        else:
+            m.gamer.set_placement(lambda kind, cands: m.peer(0))
         await train(m)
         handle = await m.gamer.submit("reverse", b"slow-leased", deadline=5.0)
         assert await handle.result() == b"desael-wols"
