@@ -20,6 +20,7 @@ import os
 import queue
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -161,42 +162,51 @@ def run_simulate(
     return 0
 
 
+#: Columns of the summary table: (header, cell from a policy's summary), in order.
+_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("tasks/s", lambda s: f"{s['throughput_tps']:.0f}"),
+    ("per 100\npeers", lambda s: f"{s['tasks_per_s_per_100_peers']:.0f}"),
+    ("p50\nms", lambda s: _num(s["latency_ms"]["p50"], ".1f")),
+    ("simple\np50 ms", lambda s: _num(s["simple_p50_ms"], ".1f")),
+    ("p95\nms", lambda s: _num(s["latency_ms"]["p95"], ".0f")),
+    ("miss\nrate", lambda s: _num(s["deadline_miss_rate"], ".3f")),
+    ("util", lambda s: _num(s["utilisation"], ".3f")),
+    ("ctrl\nshare", lambda s: _num(s["control_share"], ".4f")),
+    ("wrong", lambda s: str(s["outcomes"]["wrong"])),
+    ("banned\nbad/good", lambda s: "{}/{}".format(*_bans(s))),
+    ("extra\nwork", lambda s: _num(s.get("verification", {}).get("extra_work_share"), ".2f")),
+)
+#: Below this console width the table is printed in two halves, so that no cell is cut.
+_WIDE = 120
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _bans(s: dict[str, Any]) -> tuple[int, int]:
+    v = s.get("verification", {})
+    return v.get("malicious_banned", 0), v.get("honest_banned", 0)
+
+
 def _print_table(console: Any, doc: dict[str, Any]) -> None:
+    """The per-policy summary; on a console narrower than ``_WIDE`` columns, as two tables
+    (throughput and latency, then resources and trust) instead of one whose cells are cut."""
     from rich.table import Table
 
-    t = Table(title=f"{doc['scenario']} — {doc['peers']} peers, seed {doc['seed']}")
-    for col in (
-        "policy",
-        "tasks/s",
-        "per 100 peers",
-        "p50 ms",
-        "simple p50",
-        "p95 ms",
-        "miss",
-        "util",
-        "ctrl share",
-        "wrong",
-        "bans bad/good",
-        "extra work",
-    ):
-        t.add_column(col, justify="right")
-    for name, s in doc["policies"].items():
-        v = s.get("verification", {})
-        t.add_row(
-            name,
-            f"{s['throughput_tps']:.0f}",
-            f"{s['tasks_per_s_per_100_peers']:.0f}",
-            str(s["latency_ms"]["p50"]),
-            str(s["simple_p50_ms"]),
-            str(s["latency_ms"]["p95"]),
-            f"{s['deadline_miss_rate']:.3f}" if s["deadline_miss_rate"] is not None else "-",
-            f"{s['utilisation']:.3f}" if s["utilisation"] is not None else "-",
-            f"{s['control_share']:.4f}" if s["control_share"] is not None else "-",
-            str(s["outcomes"]["wrong"]),
-            f"{v.get('malicious_banned', 0)}/{v.get('honest_banned', 0)}",
-            f"{v['extra_work_share']:.2f}" if v.get("extra_work_share") is not None else "-",
-        )
-    console.print(t)
+    title = f"{doc['scenario']} — {doc['peers']} peers, seed {doc['seed']}"
+    split = 6 if console.width < _WIDE else len(_COLUMNS)
+    for part in (_COLUMNS[:split], _COLUMNS[split:]):
+        if not part:
+            continue
+        t = Table(title=title)
+        title = ""
+        t.add_column("policy", no_wrap=True)
+        for header, _ in part:
+            t.add_column(header, justify="right", no_wrap=True)
+        for name, s in doc["policies"].items():
+            t.add_row(name, *(cell(s) for _, cell in part))
+        console.print(t)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

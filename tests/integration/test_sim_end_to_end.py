@@ -49,8 +49,6 @@ def test_same_seed_gives_identical_bytes_serial_and_parallel(tmp_path: Path) -> 
 
 def test_other_seed_differs(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    doc = json.loads(Path(SCEN).read_text() and "{}")
-    assert doc == {}
     run_simulate(str(SCEN), 1, str(a), progress=False, jobs=1, duration_s=6.0, plots=False)
     run_simulate(str(SCEN), 2, str(b), progress=False, jobs=1, duration_s=6.0, plots=False)
     assert (a / "tasks.csv").read_bytes() != (b / "tasks.csv").read_bytes()
@@ -60,3 +58,24 @@ def test_bad_scenario_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("duration_s = 1\n[network]\nregions = []\n")
     assert run_simulate(str(bad), 0, str(tmp_path / "o"), progress=False) == 2
+
+
+def test_the_summary_table_cuts_no_cell_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """On 80 columns the summary comes as two tables instead of one whose cells read "0.…"."""
+    from rich.console import Console
+
+    from simulations.cli import _COLUMNS, _print_table
+
+    run_simulate(str(SCEN), 1, str(tmp_path), progress=False, jobs=1, duration_s=4.0, plots=False)
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    for width, tables in ((80, 2), (160, 1)):
+        console = Console(width=width, record=True, color_system=None)
+        _print_table(console, doc)
+        text = console.export_text()
+        assert "…" not in text and max(map(len, text.splitlines())) <= width
+        assert text.count("┏") == tables
+        rows = [line for line in text.splitlines() if line.startswith("│")]
+        assert len(rows) == tables * len(ALL_POLICIES)
+        for pol in ALL_POLICIES:
+            cells = [c.strip() for r in rows if r.split("│")[1].strip() == pol for c in r.split("│")[2:-1]]
+            assert cells == [cell(doc["policies"][pol]) for _, cell in _COLUMNS], pol
