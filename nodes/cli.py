@@ -21,16 +21,21 @@ import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from mesh.errors import ConfigError, P2C2RError
 
+if TYPE_CHECKING:
+    from nodes.worker import Worker
+
 log = logging.getLogger("p2c2r.cli")
 
 ENV_PEER = "P2C2R_PEER"
 ENV_EXIT_WITH_PARENT = "P2C2R_EXIT_WITH_PARENT"
+#: What ``p2c2r node run --warmup`` prints once its kernels are warm.
+WARM_LINE = "kernels warm"
 
 
 def _home() -> Path:
@@ -207,6 +212,8 @@ async def _run_node(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as waiters:
             if os.environ.get(ENV_EXIT_WITH_PARENT):
                 waiters.start_soon(_exit_with_parent, waiters.cancel_scope, console)
+            if w.warmup:
+                waiters.start_soon(_say_when_warm, node.worker)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for sig in signals:
                     console.print(f"stopping ({signal.Signals(sig).name}) ...")
@@ -216,6 +223,14 @@ async def _run_node(args: argparse.Namespace) -> None:
         console.print(
             f"stopped: {s.completed} tasks served, {s.failed} failed, {s.protocol_errors} protocol errors"
         )
+
+
+async def _say_when_warm(worker: Worker) -> None:
+    """With ``--warmup``: one line once every kernel has run once (``p2c2r demo`` waits for
+    it, so that its first tasks do not queue behind torch's import)."""
+    t0 = trio.current_time()
+    await worker.warm.wait()
+    print(f"{WARM_LINE} in {trio.current_time() - t0:.1f} s", flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ class WorkerProcess:
     proc: trio.Process
     addr: str = ""
     lines: list[str] = field(default_factory=list)
+    #: Set by ``follow`` when the node says its kernels are warm (started with --warmup).
+    warm: trio.Event = field(default_factory=trio.Event)
 
 
 async def start_worker(
@@ -125,6 +127,23 @@ async def _drain(proc: trio.Process) -> None:
         return
     while await proc.stdout.receive_some(65536):
         pass
+
+
+async def follow(wp: WorkerProcess) -> None:
+    """``_drain`` that also watches for the node's warm line (``WorkerProcess.warm``)."""
+    from nodes.cli import WARM_LINE
+
+    if wp.proc.stdout is None:
+        return
+    buf = b""
+    while not wp.warm.is_set():
+        chunk = await wp.proc.stdout.receive_some(65536)
+        if not chunk:
+            return
+        *done, buf = (buf + chunk).split(b"\n")
+        if any(line.startswith(WARM_LINE.encode()) for line in done):
+            wp.warm.set()
+    await _drain(wp.proc)
 
 
 @dataclass
@@ -237,6 +256,29 @@ async def run_workload(
 
 
 MESH_TIMEOUT_S = 45.0
+#: How long the demo waits for the workers' kernels to warm up before it starts anyway.
+WARM_TIMEOUT_S = 60.0
+
+
+async def _wait_warm(console: Any, workers: list[WorkerProcess]) -> None:
+    """Wait until every worker has run each kernel once (``--warmup``): otherwise the first
+    tasks queue behind torch's import on one-slot workers, which set the demo's p95 (about
+    4 s for every kind on this 2-core machine)."""
+    t0 = trio.current_time()
+    with console.status("warming up the workers' kernels (the first calls import torch) ..."):
+        with trio.move_on_after(WARM_TIMEOUT_S):
+            for w in workers:
+                await w.warm.wait()
+    cold = sum(not w.warm.is_set() for w in workers)
+    if cold:
+        console.print(
+            f"[yellow]warning: {cold} worker(s) not warm after {WARM_TIMEOUT_S:g} s; starting anyway "
+            "(their first tasks wait for the kernels to load)"
+        )
+    else:
+        console.print(f"kernels warm in {trio.current_time() - t0:.1f} s")
+
+
 VOTERS_PER_REGION = 3
 
 
@@ -325,9 +367,9 @@ async def _demo(
 
                 def args(i: int, boot: str | None) -> list[str]:
                     if direct:
-                        return []
+                        return ["--warmup"]
                     region = plan.region_of[i]
-                    out = ["--region", region]
+                    out = ["--warmup", "--region", region]
                     for v in plan.voters(region):
                         out += ["--voter", v]
                     return out + (["--bootstrap", boot] if boot else [])
@@ -352,7 +394,7 @@ async def _demo(
                 console.print(f"  worker {tag}[cyan]{w.addr}[/cyan]", soft_wrap=True)
             async with trio.open_nursery() as drains:
                 for w in ordered:
-                    drains.start_soon(_drain, w.proc)
+                    drains.start_soon(follow, w)
                 if not direct:
                     with console.status("forming the mesh: discovery, regions, coordinator election ..."):
                         t_mesh = trio.current_time()
@@ -371,6 +413,7 @@ async def _demo(
                                 f"  region [bold]{region}[/bold]: coordinator {st['coordinator'][-8:]} "
                                 f"(epoch {st['epoch']}), {st['members']} members"
                             )
+                await _wait_warm(console, ordered)
                 async with contextlib.AsyncExitStack() as stack:
                     # one gamer per region, each joining through its region's entry node and
                     # getting placement leases from its coordinator; or one direct gamer

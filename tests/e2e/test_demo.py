@@ -32,6 +32,8 @@ def test_demo_runs_every_kind_and_writes_json(tmp_path: Path) -> None:
         env=dict(os.environ, P2C2R_HOME=str(tmp_path)),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # the workers warmed their kernels up (--warmup) and the demo waited for them
+    assert "kernels warm in" in proc.stdout and "not warm" not in proc.stdout, proc.stdout[-2000:]
     figures = json.loads(out.read_text())
     for key in ("tasks", "verified", "failed", "p50_ms", "p95_ms", "p99_ms", "tasks_per_s"):
         assert key in figures
