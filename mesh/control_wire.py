@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import Any
 
 import msgpack
@@ -66,6 +66,7 @@ __all__ = [
     "PROTOCOL_ID",
     "Bye",
     "ControlMessage",
+    "ElectionView",
     "FrameDecoder",
     "GossipRelay",
     "Hello",
@@ -368,6 +369,28 @@ class Snapshot:
     regions: tuple[RegionView, ...]
     #: Dropped-message counters (unsigned, malformed, stale, ...), for operators.
     counters: tuple[tuple[str, int], ...]
+    #: Its election state (None before it knows its region's electorate; optional on the
+    #: wire, so older nodes' snapshots still decode).
+    election: ElectionView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionView:
+    """A member's side of its region's election, for operators (why no coordinator?)."""
+
+    #: "follower", "candidate" or "coordinator".
+    state: str
+    #: The highest epoch it has claimed or seen, and the one it last voted in.
+    term: int
+    voted_epoch: int
+    #: Claims in a row that too few voters answered (each doubles the claim timeout).
+    failed_claims: int
+    #: Seconds until it claims if no coordinator renews first (None: it will not).
+    next_claim_s: float | None
+    #: The other voters, and how many of them it holds a control link to that has said
+    #: hello (election messages to a voter without one are dialled or dropped).
+    voters: int
+    voters_linked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +485,7 @@ def snapshot_to_wire(s: Snapshot) -> list[Any]:
         None if s.coord is None else s.coord.to_wire(),
         [_region_to_wire(r) for r in s.regions],
         dict(s.counters),
+        *([] if s.election is None else [list(astuple(s.election))]),
     ]
 
 
@@ -601,7 +625,26 @@ def _region(x: Any) -> RegionView:
     )
 
 
+def _election_view(x: Any) -> ElectionView:
+    f = _fields(x, 7, "snapshot election")
+    state = _str(f[0], "election state", 16)
+    if state not in ("follower", "candidate", "coordinator"):
+        raise ProtocolError(f"unknown election state {state!r}")
+    voters = _int(f[5], "election voters", 0, MAX_VOTERS)
+    return ElectionView(
+        state=state,
+        term=_int(f[1], "election term"),
+        voted_epoch=_int(f[2], "election voted epoch"),
+        failed_claims=_int(f[3], "election failed claims"),
+        next_claim_s=None if f[4] is None else _float(f[4], "election next claim", 0.0, 1e9),
+        voters=voters,
+        voters_linked=_int(f[6], "election voters linked", 0, voters),
+    )
+
+
 def snapshot_from_wire(x: Any) -> Snapshot:
+    if isinstance(x, list) and len(x) == 9:
+        return replace(snapshot_from_wire(x[:8]), election=_election_view(x[8]))
     f = _fields(x, 8, "snapshot")
     counters = f[7]
     if not isinstance(counters, dict) or len(counters) > MAX_KINDS * 2:

@@ -390,6 +390,18 @@ class ElectionCore:
         return self.role is Role.COORDINATOR and now < self._lease_end
 
     @property
+    def failed_claims(self) -> int:
+        """Claims in a row that too few voters answered at all; each doubles the claim
+        timeout (up to ``claim_backoff_max``). A win resets it."""
+        return self._failed_claims
+
+    @property
+    def next_claim_at(self) -> float | None:
+        """When this follower claims if no coordinator renews before then; None while it
+        is a candidate or coordinator, or never claims (not eligible, ranked out)."""
+        return self._claim_at if self.role is Role.FOLLOWER else None
+
+    @property
     def epoch(self) -> int:
         """The epoch this member leads (coordinator), claims (candidate) or follows."""
         if self.role is Role.COORDINATOR:

@@ -13,6 +13,7 @@ p2c2r kinds
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -265,6 +266,7 @@ def _snapshot_json(snap: Any) -> dict[str, Any]:
         "addrs": list(snap.addrs),
         "coord": coord(snap.coord),
         "counters": dict(snap.counters),
+        "election": None if snap.election is None else dataclasses.asdict(snap.election),
         "regions": [
             {
                 "region": r.region,
@@ -295,12 +297,26 @@ def _snapshot_json(snap: Any) -> dict[str, Any]:
     }
 
 
+def election_line(e: Any) -> str:
+    """One line on a member's election state (``Snapshot.election``), for ``p2c2r status``
+    and the demo's report when a region elects nobody."""
+    if e is None:
+        return "no electorate known yet"
+    out = f"{e.state}, term {e.term}, voted in epoch {e.voted_epoch}"
+    if e.failed_claims:
+        out += f", {e.failed_claims} claim(s) in a row unanswered (backing off)"
+    if e.next_claim_s is not None:
+        out += f", claims in {e.next_claim_s:.1f} s unless a coordinator renews"
+    return out + f"; control links to {e.voters_linked} of {e.voters} other voter(s)"
+
+
 def _print_status(snap: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     console.print(f"[bold]{snap.peer}[/bold]  region {snap.region or '-'}  role {snap.role}  v{snap.version}")
+    console.print(f"election: {election_line(snap.election)}")
     regions = Table(title="regions")
     for col in ("region", "coordinator", "epoch", "members", "free slots", "voters", "age"):
         regions.add_column(col)

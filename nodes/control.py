@@ -447,6 +447,27 @@ class ControlService:
             coord=self.vivaldi.coord,
             regions=tuple(views),
             counters=tuple(sorted(self.counters().items()))[: cw.MAX_KINDS * 2],
+            election=self._election_view(now),
+        )
+
+    def _election_view(self, now: float) -> cw.ElectionView | None:
+        e = self.election
+        if e is None:
+            return None
+        others = [v for v in self.voters if v != self.self_id]
+        linked = 0
+        for v in others:
+            link = self._link_for(v)
+            linked += link is not None and link.hello is not None
+        at = e.next_claim_at
+        return cw.ElectionView(
+            state=e.role.value,
+            term=e.term,
+            voted_epoch=e.voted_epoch,
+            failed_claims=e.failed_claims,
+            next_claim_s=None if at is None or math.isinf(at) else max(0.0, at - now),
+            voters=len(others),
+            voters_linked=linked,
         )
 
     # ================================================================== links

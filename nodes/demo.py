@@ -342,6 +342,20 @@ async def _mesh_formed(procs: list[WorkerProcess], plan: MeshPlan) -> dict[str, 
     return None
 
 
+async def _report_elections(console: Any, procs: list[WorkerProcess], plan: MeshPlan) -> None:
+    """Each worker's side of its region's election (``p2c2r status``'s election line)."""
+    from nodes.cli import election_line
+    from nodes.mesh_client import fetch_status
+
+    for i, w in enumerate(procs):
+        try:
+            snap = await fetch_status(w.addr, timeout=3.0)
+            line = f"region {snap.region or '-'}: {election_line(snap.election)}"
+        except P2C2RError as exc:
+            line = f"no status: {exc}"
+        console.print(f"  worker {plan.region_of[i]:>4} {w.addr[-8:]}: {line}", soft_wrap=True)
+
+
 async def _demo(
     workers: int, tasks: int, json_path: str | None, seed: int, regions: tuple[str, ...], direct: bool
 ) -> dict[str, Any]:
@@ -403,9 +417,10 @@ async def _demo(
                         console.print(
                             f"[yellow]warning: the mesh did not form within {MESH_TIMEOUT_S:g} s "
                             "(no coordinator agreed in some region); falling back to direct "
-                            "connections to every worker. Run `p2c2r status --peer ADDR` on a "
-                            "worker address above to see why."
+                            "connections to every worker. Each worker's election state follows; "
+                            "`p2c2r status --peer ADDR` on an address above shows the rest."
                         )
+                        await _report_elections(console, ordered, plan)
                     else:
                         console.print(f"mesh formed in {trio.current_time() - t_mesh:.1f} s:")
                         for region, st in mesh.items():

@@ -6,7 +6,15 @@ import trio
 import trio.testing
 
 from mesh.memory import LinkModel, MemoryNetwork
-from tests.integration.control_cluster import coordinators, start_region, wait_for
+from nodes.control import ControlConfig
+from tests.integration.control_cluster import (
+    Member,
+    coordinators,
+    ident,
+    start_member,
+    start_region,
+    wait_for,
+)
 
 
 def one_coordinator(members):  # type: ignore[no-untyped-def]
@@ -166,4 +174,33 @@ async def test_election_ranks_a_voter_far_from_its_region_last(
         )
         new_coord, _ = next(iter(coordinators(survivors)))
         assert new_coord != far.peer, "the voter 40 ms from its region took over"
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_status_snapshot_says_why_a_region_elects_nobody(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two configured voters, the second started late: until it comes, the first one's
+    status says it has no link to the other voter and its claims go unanswered (backing
+    off); once both are up one is elected, linked to the other, and the back-off is gone."""
+    net = MemoryNetwork(seed=3, link=LinkModel(delay_s=0.002))
+    a, b = Member("a", ident("late/a")), Member("b", ident("late/b"))
+    voters = (a.peer, b.peer)
+    async with trio.open_nursery() as nursery:
+        await start_member(net, nursery, a, ControlConfig(region="eu", voters=voters, seed=1))
+        await trio.sleep(6.0)
+        assert a.svc is not None and a.host is not None
+        alone = a.svc.snapshot().election
+        assert alone is not None and alone.voters == 1 and alone.voters_linked == 0
+        assert alone.failed_claims >= 2 and alone.state in ("follower", "candidate")
+        assert alone.term >= alone.failed_claims  # a new epoch for every claim
+        boot = (a.host.listen_addrs()[0],)
+        await start_member(net, nursery, b, ControlConfig(region="eu", voters=voters, bootstrap=boot, seed=2))
+        await wait_for(lambda: one_coordinator([a, b]), timeout=20)
+        views = {m.name: m.svc.snapshot().election for m in (a, b) if m.svc is not None}
+        assert sorted(v.state for v in views.values() if v is not None) == ["coordinator", "follower"]
+        for v in views.values():
+            assert v is not None and v.voters == 1 and v.voters_linked == 1
+        leader = next(v for v in views.values() if v is not None and v.state == "coordinator")
+        assert leader.failed_claims == 0 and leader.next_claim_s is None
         nursery.cancel_scope.cancel()

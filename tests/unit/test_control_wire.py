@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -44,6 +45,9 @@ REGION = cw.RegionView(
     "eu", PA, 7, (PA, PB), ("/ip4/1.2.3.4/tcp/1",), (("echo", 8),), Coord(), (MEMBER,), 1.5
 )
 
+SNAP = cw.Snapshot(PA, "eu", "member", "0.1.0", (), None, (), ())
+SNAP_WIRE = cw.snapshot_to_wire(SNAP)
+
 SAMPLES: list[cw.ControlMessage] = [
     cw.Hello(("/ip4/127.0.0.1/tcp/1/p2p/x",), "eu", "0.1.0", "node"),
     cw.SignedHeartbeat(cw.Signed(b"payload", b"s" * 64)),
@@ -65,6 +69,8 @@ SAMPLES: list[cw.ControlMessage] = [
     cw.StatusReply(
         5, cw.Snapshot(PA, "eu", "coordinator", "0.1.0", ("/a",), Coord(), (REGION,), (("malformed", 2),))
     ),
+    cw.StatusReply(6, replace(SNAP, election=cw.ElectionView("candidate", 7, 7, 3, None, 2, 1))),
+    cw.StatusReply(7, replace(SNAP, election=cw.ElectionView("follower", 2, 1, 0, 0.25, 1, 1))),
     cw.Ping(99),
     cw.Pong(99, Coord(0.1, 0.1, 0.001), 0.4),
     cw.Bye("shutting down"),
@@ -109,6 +115,11 @@ def raw(mtype: object, fields: object, version: object = cw.VERSION) -> bytes:
         raw("pong", [1, [0.0, 0.0, -1.0], 0.1]),  # negative height
         raw("hello", [["/a"] * 9, "eu", "v", "node"]),  # too many addrs
         raw("load", [1, 0.0, 0, {"echo": -1}, []]),  # negative capacity
+        raw("sr", [1, [*SNAP_WIRE, ["leader", 1, 1, 0, None, 1, 1]]]),  # unknown election state
+        raw("sr", [1, [*SNAP_WIRE, ["follower", 1, 1, 0, None, 1, 2]]]),  # more links than voters
+        raw("sr", [1, [*SNAP_WIRE, ["follower", 1, 1, 0, -1.0, 1, 1]]]),  # negative time
+        raw("sr", [1, [*SNAP_WIRE, ["follower", 1, 1, 0, None, 1]]]),  # missing field
+        raw("sr", [1, [*SNAP_WIRE, None, None]]),  # ten fields
         raw("zzz", []),  # unknown type
         raw(5, []),  # type not a string
         b"\xc1",  # not msgpack
