@@ -372,6 +372,8 @@ class ElectionCore:
         self._failed_claims = 0
         # coordinator state
         self._epoch = 0
+        #: Coordinator whose lease ran out: not acting (StepDown sent), still renewing.
+        self._lapsed = False
         self._lease_end = 0.0
         self._next_renew = 0.0
         self._seq = 0
@@ -460,7 +462,7 @@ class ElectionCore:
 
     def next_deadline(self) -> float | None:
         if self.role is Role.COORDINATOR:
-            return min(self._next_renew, self._lease_end)
+            return min(self._next_renew, self._lease_end + (self.config.lease_s if self._lapsed else 0.0))
         own = self._claim_deadline if self.role is Role.CANDIDATE else self._claim_at
         if self._deferred is not None:
             return self._promise_until if own is None else min(own, self._promise_until)
@@ -481,8 +483,19 @@ class ElectionCore:
         # A loop, because one step can schedule another that is also already due.
         for _ in range(8):
             if self.role is Role.COORDINATOR:
-                if now >= self._lease_end:
-                    self._step_down("lease expired", now)
+                if now >= self._lease_end and not self._lapsed:
+                    # The lease ran out unrenewed: stop acting now (StepDown), but keep the
+                    # epoch and keep renewing for one more lease. A quorum that acks a
+                    # renew brings the lease back (BecomeCoordinator again). A lease counts
+                    # from the claim's send time, so when a round trip takes most of it
+                    # (a loaded machine: the demo's two-voter regions), every winner lost
+                    # it before the first ack came back, stepped down, and the region
+                    # re-elected about once a second without ever holding a coordinator.
+                    self._lapsed = True
+                    self._effects.append(StepDown(self.region, self._epoch, "lease expired"))
+                    continue
+                if self._lapsed and now >= self._lease_end + self.config.lease_s:
+                    self._step_down("lease not renewed", now)
                     continue
                 if now >= self._next_renew:
                     self._send_renew(now)
@@ -564,6 +577,7 @@ class ElectionCore:
             self._abandon(now, retry=True)
             return
         self.role = Role.COORDINATOR
+        self._lapsed = False
         self._failed_claims = 0
         self._epoch = epoch
         self._last_led_epoch = epoch
@@ -610,13 +624,18 @@ class ElectionCore:
         if len(times) >= self.quorum:
             end = times[self.quorum - 1] + self.config.lease_s * (1 - self.config.drift_margin)
             self._lease_end = max(self._lease_end, end)
+            if self._lapsed and self._lease_end > self.now:
+                self._lapsed = False  # a quorum acked a renew sent within the lease: acting again
+                self._effects.append(BecomeCoordinator(self.region, self._epoch, self._lease_end))
 
     def _step_down(self, reason: str, now: float) -> None:
         epoch = self._epoch
         self.role = Role.FOLLOWER
         self._acks = {}
         self._sent = {}
-        self._effects.append(StepDown(self.region, epoch, reason))
+        if not self._lapsed:  # a lapsed lease already said so
+            self._effects.append(StepDown(self.region, epoch, reason))
+        self._lapsed = False
         if self.coordinator == self.self_id:
             self.coordinator = None
             self._effects.append(CoordinatorChanged(self.region, epoch, None))
