@@ -18,7 +18,11 @@ Algorithm — Raft's election with leader leases, without a log
       anybody else for ``lease_s`` measured from when it received the message. The coordinator
       measures its lease from when it *sent* the claim/renew that a quorum answered, and
       shortens it by ``drift_margin``: ``lease_end = q-th newest acked send time + lease_s ·
-      (1 - drift_margin)``. It steps down (``StepDown``) the instant its lease ends unrenewed.
+      (1 - drift_margin)``. It stops acting (``StepDown``) the instant its lease ends
+      unrenewed, but keeps its epoch and keeps renewing for one more ``lease_s``: a quorum
+      that acks a renew sent within the lease makes it act again (``BecomeCoordinator``, same
+      epoch); otherwise it becomes a follower. (On a path whose round trip takes most of a
+      lease, every winner used to lose its first lease before the first ack came back.)
     * Members that stop hearing renews for ``lease_s`` become candidates after a rank stagger
       (``rank · rank_stagger_s``, rank by candidate score then peer id, so the best member
       normally claims first and alone). A candidate that has no quorum after
