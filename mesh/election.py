@@ -722,8 +722,14 @@ class ElectionCore:
                 ),
             )
         )
-        if self.role is Role.FOLLOWER:
-            self._claim_at = self._compute_claim_at()
+        if self.role is Role.FOLLOWER and granted:
+            # Our promise moves our own claim after it. A refused claim moves nothing: a
+            # member that had just yielded (or failed a claim) used to reset its retry to
+            # the lease-based time, long past, and claim again at once with the next epoch,
+            # so the better-ranked candidate's next claim met a fresh self-vote every time
+            # (two voters duelled that way for 45 s, a claim a second each).
+            at = self._compute_claim_at()
+            self._claim_at = at if at is None or self._claim_at is None else max(at, self._claim_at)
 
     def _on_release(self, r: Release, now: float) -> None:
         if self._promise_holder == r.candidate and self._promise_epoch == r.epoch:

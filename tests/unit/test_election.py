@@ -595,3 +595,21 @@ def test_a_region_whose_round_trip_takes_most_of_a_lease_keeps_a_coordinator(see
     assert sum(len(s) == 1 for s in samples) >= 0.9 * len(samples)
     assert {e for _, _, e in bus.become} == epochs  # no re-election after the first 20 s
     assert len(epochs) <= 3 and not bus.violations
+
+
+def test_a_candidate_that_yields_does_not_claim_again_at_once() -> None:
+    """Two voters that each rank themselves first (heartbeats of different ages can do
+    that) and claim with equal scores: their claims cross in the same epoch, and the one
+    that loses the tie on peer id yields. It used to claim again at once with the next
+    epoch (the yield's retry time was overwritten by the lease-based one, long past, and
+    its rank said first), so the other's next claim always met a voter that had just voted
+    for itself: the demo's two-voter regions duelled on loopback for 45 s, a claim a second
+    each. Now it waits its retry time and the region elects within a few seconds."""
+    bus = Bus(["a", "b"], ["a", "b"], delay=0.005)
+    bus.cores["a"].on_candidates({"a": 5.0, "b": 4.0}, bus.now)
+    bus.cores["b"].on_candidates({"a": 4.0, "b": 5.0}, bus.now)
+    bus.run_until(3.0)
+    assert len(bus.acting()) == 1 and not bus.violations
+    assert len({e for _, _, e in bus.become}) == 1
+    # the crossed epoch, then one retry: the loser of the tie claimed no epoch in between
+    assert max(c.term for c in bus.cores.values()) == 2
