@@ -29,6 +29,7 @@ import trio
 from mesh.errors import ConfigError, P2C2RError
 
 if TYPE_CHECKING:
+    from mesh.control_wire import ElectionView
     from nodes.worker import Worker
 
 log = logging.getLogger("p2c2r.cli")
@@ -297,7 +298,7 @@ def _snapshot_json(snap: Any) -> dict[str, Any]:
     }
 
 
-def election_line(e: Any) -> str:
+def election_line(e: ElectionView | None) -> str:
     """One line on a member's election state (``Snapshot.election``), for ``p2c2r status``
     and the demo's report when a region elects nobody."""
     if e is None:

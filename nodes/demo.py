@@ -344,16 +344,19 @@ async def _mesh_formed(procs: list[WorkerProcess], plan: MeshPlan) -> dict[str, 
 
 async def _report_elections(console: Any, procs: list[WorkerProcess], plan: MeshPlan) -> None:
     """Each worker's side of its region's election (``p2c2r status``'s election line)."""
+    from mesh.identity import Identity
+    from mesh.libp2p_host import open_host
     from nodes.cli import election_line
     from nodes.mesh_client import fetch_status
 
-    for i, w in enumerate(procs):
-        try:
-            snap = await fetch_status(w.addr, timeout=3.0)
-            line = f"region {snap.region or '-'}: {election_line(snap.election)}"
-        except P2C2RError as exc:
-            line = f"no status: {exc}"
-        console.print(f"  worker {plan.region_of[i]:>4} {w.addr[-8:]}: {line}", soft_wrap=True)
+    async with open_host(Identity.generate()) as probe:  # one host for every query
+        for i, w in enumerate(procs):
+            try:
+                snap = await fetch_status(w.addr, host=probe, timeout=3.0)
+                line = f"region {snap.region or '-'}: {election_line(snap.election)}"
+            except P2C2RError as exc:
+                line = f"no status: {exc}"
+            console.print(f"  worker {plan.region_of[i]:>4} {w.addr[-8:]}: {line}", soft_wrap=True)
 
 
 async def _demo(

@@ -943,7 +943,7 @@ class GamerClient:
         elif core.placer is not None:
             target = core.placer(ut.kind, sorted(pending.items()))
         else:
-            target = min(sorted(pending.items()), key=lambda c: c[1])[0]
+            target = min(pending.items(), key=lambda c: (c[1], c[0]))[0]
         if target is None or target not in pending:
             return
         if not self.hedge_budget.try_spend():
