@@ -192,9 +192,12 @@ async def open_control_link(
 
 
 async def fetch_status(addr: str, *, host: Host | None = None, timeout: float = 5.0) -> cw.Snapshot:
-    """One status query to the node at ``addr`` (``p2c2r status``)."""
+    """One status query to the node at ``addr`` (``p2c2r status``). A node that cannot be
+    reached or does not answer is an ``UnavailableError`` (raised outside the query's own
+    nursery, so callers catch it as such, not inside an exception group)."""
     from contextlib import AsyncExitStack
 
+    error: P2C2RError | None = None
     async with AsyncExitStack() as stack:
         if host is None:
             from mesh.identity import Identity
@@ -208,16 +211,20 @@ async def fetch_status(addr: str, *, host: Host | None = None, timeout: float = 
                 peer = await host.connect(addr)
                 link = await open_control_link(host, nursery, peer)
                 reply = await link.request(cw.StatusQuery(1), 1, timeout)
-        except trio.TooSlowError as exc:
-            raise UnavailableError(f"{addr} did not answer a status query within {timeout:g} s") from exc
+        except trio.TooSlowError:
+            error = UnavailableError(f"{addr} did not answer a status query within {timeout:g} s")
+        except P2C2RError as exc:
+            error = exc
         finally:
             nursery.cancel_scope.cancel()
             if link is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await link.stream.reset()
-        if not isinstance(reply, cw.StatusReply):
-            raise ProtocolError(f"{addr} answered a status query with {type(reply).__name__}")
-        return reply.snapshot
+    if error is not None:
+        raise error
+    if not isinstance(reply, cw.StatusReply):
+        raise ProtocolError(f"{addr} answered a status query with {type(reply).__name__}")
+    return reply.snapshot
 
 
 @dataclass

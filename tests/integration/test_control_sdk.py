@@ -14,11 +14,11 @@ import trio.testing
 
 from mesh import control_wire as cw
 from mesh import wire
-from mesh.errors import TaskTimeoutError
+from mesh.errors import TaskTimeoutError, UnavailableError
 from mesh.identity import peer_id_to_str
 from mesh.memory import LinkModel, MemoryNetwork
 from nodes.gamer import GamerClient, GamerConfig, TaskHandle
-from nodes.mesh_client import ControlLink, MeshClient, MeshClientConfig, join_mesh
+from nodes.mesh_client import ControlLink, MeshClient, MeshClientConfig, fetch_status, join_mesh
 from nodes.misbehave import MisbehaveSpec, Misbehaviour
 from nodes.sdk_cores import MissConfig
 from nodes.verification import VerificationConfig
@@ -461,3 +461,16 @@ async def test_placement_from_leases_asks_only_about_leased_workers(
             assert await gamer.run("echo", b"x", deadline=5.0) == b"x"
             assert mesh.stats.placed_leased == placed + 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_status_query_to_a_node_that_is_gone_is_a_typed_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``fetch_status`` raises ``UnavailableError`` itself, not inside an exception group from
+    its own nursery (the demo's mesh checks catch ``P2C2RError`` around it)."""
+    net = MemoryNetwork(seed=18, link=LinkModel(delay_s=0.005))
+    async with net.open_host() as gone:
+        addr = gone.listen_addrs()[0]
+    async with net.open_host() as probe:
+        with pytest.raises(UnavailableError):
+            await fetch_status(addr, host=probe, timeout=1.0)
