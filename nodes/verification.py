@@ -37,7 +37,10 @@ correctly signed result is also a *right* one, using, per the cheating maths in
    a lone slow worker is never punished for being the only one. A worker that says a
    copy waits for a slot (``on_queued``, the wire's ``"Q"`` frame) has its hedge counted
    from the announced start (within the cap), and is not struck before that start plus
-   the copy's run time.
+   the copy's run time. Only an answer in time (a live copy answered before its hedge)
+   shows a worker is not silent, and a worker's own pace is believed up to
+   ``max_slowdown`` times the kind's: a worker that holds every task far longer than its
+   kind takes answers after its hedges, so it is struck like a silent one.
 7. **Bad signatures ban locally.** A result whose signature fails on a stream the Noise
    handshake authenticated can only come from that peer: it is banned at once (no
    evidence: an invalid signature proves nothing to a third party).
@@ -345,6 +348,15 @@ class VerificationConfig:
     #: silence sustained over about ``strikes_to_ban * strike_interval_s`` is.
     strikes_to_ban: int = 5
     strike_interval_s: float = 0.5
+    #: A worker's own pace for a kind is believed up to this many times the kind's (the
+    #: larger of its recent latency over all workers and the cost model's run time on one
+    #: reference core). A slower worker's answers come after its hedges, which is no sign
+    #: of life, so it is struck as silent: a worker that held every task 5 s and answered
+    #: right was never banned once its pace was learned, however useless to a game. An
+    #: honest CPU peer beside GPU peers is well within it on compute-bound kinds (its
+    #: pace is near the cost model's), and on a slow link on transfer-bound ones (the
+    #: kind's latency includes everyone's transfers).
+    max_slowdown: float = 4.0
     #: Known-answer probes sent to each worker as it joins (when answers are known).
     join_probes: int = 1
     join_probe_budget_s: float = 10.0
@@ -612,9 +624,15 @@ class VerificationCore:
         self._backlog: dict[bytes, dict[str, float]] = {}
         self._strikes: dict[bytes, int] = {}
         self._last_strike: dict[bytes, float] = {}
-        #: When each connected worker last answered anything (a copy hedged after that
-        #: is slow, not silent: it is replaced, not struck).
+        #: When each connected worker last answered a live copy in time (a copy hedged
+        #: after that is slow, not silent: it is replaced, not struck). A late answer is no
+        #: sign of life: one that holds every task past its hedge would never be struck.
         self._last_answer: dict[bytes, float] = {}
+        #: Copies cancelled while out (their task ended), the most recent ``_CANCELLED``:
+        #: wire id -> (worker, until when an answer to it still shows the worker alive). A
+        #: worker finishes a copy it was already running, and that answer is a sign of life
+        #: (the simulator, 1,000 peers: without it twice the strikes on honest workers).
+        self._cancelled: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._effects: list[Effect] = []
 
     # ------------------------------------------------------------------ queries
@@ -818,12 +836,15 @@ class VerificationCore:
         ``digest``: the output's digest when the shell already has it (it checked the
         receipt against it); the core hashes the output itself otherwise. Hashing a 1 MiB
         output again cost the gamer's event loop ~1.3-1.5 ms per result here."""
-        if worker in self._workers:
-            self._last_answer[worker] = now  # even a late answer shows it is not silent
         copy = self._copies.get(wire_id)
         if copy is None or copy.worker != worker or not copy.live:
             self.stats.late += 1
+            gone = self._cancelled.pop(wire_id, None)
+            if gone is not None and gone[0] == worker and now <= gone[1] and worker in self._workers:
+                self._last_answer[worker] = now
             return
+        if worker in self._workers and now <= max(copy.hedge_at, self._alive_until(copy)):
+            self._last_answer[worker] = now
         self._retire(copy)
         if worker in self._last_active:
             self._last_active[worker] = now
@@ -1288,6 +1309,9 @@ class VerificationCore:
         tk = t.task
         self._emit(SendTo(worker, wid, tk.kind, tk.params, tk.data, tk.deadline, role, tk.task_id))
 
+    #: Cancelled copies remembered (``_cancelled``): minutes of a game's cancels.
+    _CANCELLED = 4096
+
     #: Up to this many known answers a probe's choice scans them all (exactly uniform over
     #: those ``worker`` did not compute); above, it draws at random, a few times at most.
     _PROBE_SCAN = 32
@@ -1346,14 +1370,12 @@ class VerificationCore:
                 self._strikes.pop(copy.worker, None)
                 self._last_strike.pop(copy.worker, None)
             return
-        kind = _kind_of(copy)[0]
+        kind, estimate = _kind_of(copy)
         # Capped at the hedge delay, so slow workers cannot drag the estimate (and with
         # it the point where they get hedged) up without bound.
         lat = max(0.0, now - copy.sent_at)
         if copy.hedge_at < math.inf:
             lat = min(lat, copy.hedge_at - copy.sent_at)
-        old = self._latency.get(kind)
-        self._latency[kind] = lat if old is None else 0.8 * old + 0.2 * lat
         own = self._wlatency.get(copy.worker)
         if own is None:
             if copy.worker not in self._workers:
@@ -1361,10 +1383,35 @@ class VerificationCore:
             else:
                 own = self._wlatency[copy.worker] = {}
         old = own.get(kind)
-        own[kind] = lat if old is None else 0.8 * old + 0.2 * lat
+        pace = lat if old is None else 0.8 * old + 0.2 * lat
+        kind_lat = self._latency.get(kind)
+        if kind_lat is None:
+            self._latency[kind] = lat
+        else:
+            # A worker slower than ``max_slowdown`` x the kind is held there, and its answers
+            # do not move the kind's pace (three slow workers in ten would drag it up).
+            limit = self.config.max_slowdown * max(kind_lat, estimate or 0.0)
+            if pace > limit:
+                pace = limit
+            else:
+                self._latency[kind] = 0.8 * kind_lat + 0.2 * lat
+        own[kind] = pace
         if now <= copy.hedge_at:
             self._strikes.pop(copy.worker, None)
             self._last_strike.pop(copy.worker, None)
+
+    def _alive_until(self, copy: _Copy) -> float:
+        """Until when an answer to ``copy`` shows its worker is alive (besides any time
+        before its hedge): the hedge delay of the slowest pace believed for its kind
+        (``max_slowdown``), from the send or, for a queued copy, from its announced start
+        plus run time. It keeps honest workers alive whose copies were hedged early by the
+        budget cap (deep queues of our own tiles); a worker that holds every task is not."""
+        kind, estimate = _kind_of(copy)
+        base = max(self._latency.get(kind, 0.0), estimate or 0.0)
+        if base <= 0.0:
+            return math.inf  # nothing to judge it by
+        since = copy.due if copy.queued else copy.sent_at
+        return since + self._hedge_delay(self.config.max_slowdown * base, copy.ahead)
 
     def _hedge(self, copy: _Copy, now: float) -> None:
         """``copy`` is still unanswered at its hedge time: the task gets a replacement, and
@@ -1660,6 +1707,10 @@ class VerificationCore:
             if copy.live:
                 self._retire(copy)
                 self._emit(Cancel(copy.worker, copy.wire_id))
+                if copy.worker in self._workers:
+                    self._cancelled[copy.wire_id] = (copy.worker, max(copy.hedge_at, self._alive_until(copy)))
+                    if len(self._cancelled) > self._CANCELLED:
+                        self._cancelled.popitem(last=False)
             self._copies.pop(copy.wire_id, None)
             # Break the task <-> copy cycle (answers hold copies too), so a finished task is
             # freed by reference counting, not left for the cyclic collector: the SDK runs in

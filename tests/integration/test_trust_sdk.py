@@ -155,7 +155,9 @@ async def test_forged_and_replayed_results_are_never_accepted(
         assert m.gamer.evidence() == []  # a bad signature proves nothing to third parties
 
 
-@pytest.mark.parametrize("mode", ["drop", "slow:delay=8"])
+# delay=2: answers after every hedge yet well within the budget; once its own pace was
+# learned such a worker was never struck again (the adversarial run's "slow" mode).
+@pytest.mark.parametrize("mode", ["drop", "slow:delay=8", "slow:delay=2"])
 async def test_silent_and_slow_workers_are_hedged_then_banned(
     autojump_clock: trio.abc.Clock, mode: str
 ) -> None:

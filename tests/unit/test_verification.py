@@ -812,15 +812,17 @@ def test_a_worker_busy_with_our_own_queue_is_not_struck_a_silent_one_is() -> Non
     assert core.reputation.is_banned(W[0], 20.0)
 
 
-def test_a_steady_slow_worker_is_judged_by_its_own_pace() -> None:
-    """A CPU peer that always answers in 0.8 s beside a GPU peer answering in 10 ms is slow,
-    not silent: after its first answers it is hedged against its own pace and never banned."""
+def _steady_pace_run(cost_units: float, pace: dict[bytes, float]) -> VerificationCore:
+    """40 tasks, one every 2 s, of a kind whose cost model says ``cost_units`` (ms of one
+    reference core), each worker answering every copy after its own fixed ``pace``."""
     cfg = replace(HEDGING, strikes_to_ban=2, strike_interval_s=0.0)
-    core = make(cfg, workers=5)
-    pace = {W[0]: 0.8, **{w: 0.01 for w in W[1:5]}}  # the kind's pace is set by the fast ones
+    kind = replace(sim.MC_KIND, cost=lambda params, n: cost_units)
+    core = VerificationCore(Registry([kind]), Reputation(), random.Random(1), cfg)
+    for w in W[:5]:
+        core.on_worker_up(w, 0.0)
     now = 0.0
     for n in range(1, 41):
-        core.on_submit(task(n, deadline=20.0, data=b"t%d" % n), now)
+        core.on_submit(task(n, deadline=now + 20.0, data=b"t%d" % n), now)
         pending = sends(drain_inline(core, now))
         end = now + 2.0
         while pending:
@@ -832,8 +834,28 @@ def test_a_steady_slow_worker_is_judged_by_its_own_pace() -> None:
             core.on_result(s.wire_id, s.worker, right(s.data), at)
             drain_inline(core, at)
         now = end
-    assert not core.reputation.is_banned(W[0], now)
+    return core
+
+
+def test_a_steady_slow_worker_is_judged_by_its_own_pace() -> None:
+    """A CPU peer that always answers in 0.8 s beside GPU peers answering in 10 ms, on a
+    kind that takes 0.5 s on one reference core, is slow, not silent: after its first
+    answers it is hedged against its own pace and never banned."""
+    core = _steady_pace_run(500.0, {W[0]: 0.8, **{w: 0.01 for w in W[1:5]}})
+    assert core.stats.resolved == 40
+    assert not core.reputation.is_banned(W[0], 80.0)
     assert core.stats.strikes <= 2
+
+
+def test_a_worker_far_slower_than_its_kind_is_struck_and_banned() -> None:
+    """The same 0.8 s on a kind that takes 10 us and that the others answer in 10 ms: no
+    machine is that slow, the worker holds its tasks (the adversarial run's ``slow``
+    mode). Its answers all come after its hedges, which is no sign of life, and its pace
+    is believed only up to ``max_slowdown`` x the kind's, so it is struck and banned."""
+    core = _steady_pace_run(0.01, {W[0]: 0.8, **{w: 0.01 for w in W[1:5]}})
+    assert core.stats.resolved == 40
+    assert core.reputation.is_banned(W[0], 80.0)
+    assert not any(core.reputation.is_banned(w, 80.0) for w in W[1:5])
 
 
 def test_finished_tasks_are_freed_without_the_cyclic_collector() -> None:
