@@ -858,6 +858,40 @@ def test_a_worker_far_slower_than_its_kind_is_struck_and_banned() -> None:
     assert not any(core.reputation.is_banned(w, 80.0) for w in W[1:5])
 
 
+@pytest.mark.parametrize("answers_cancelled_copy", [True, False])
+def test_a_copy_cancelled_while_it_ran_and_answered_in_time_shows_its_worker_alive(
+    answers_cancelled_copy: bool,
+) -> None:
+    """A worker finishes a copy it was running when its task ended elsewhere: that answer,
+    in time for the kind, is a sign of life, as an answer to a live copy is (the simulator,
+    1,000 peers: without it, twice the strikes on honest workers)."""
+    core = make(replace(HEDGING, strikes_to_ban=0, strike_interval_s=0.0), workers=2)
+    core.placer = lambda kind, cands: W[1]
+    core.on_submit(task(1, deadline=20.0), 0.0)
+    (warm,) = sends(core.poll_effects())
+    core.on_result(warm.wire_id, W[1], right(b"input"), 0.1)  # the kind's latency: 0.1 s
+    drain_inline(core, 0.1)
+    core.placer = lambda kind, cands: W[0] if any(w == W[0] for w, _ in cands) else W[1]
+    core.on_submit(task(2, deadline=20.0, data=b"a"), 1.0)
+    (a,) = sends(core.poll_effects())
+    assert a.worker == W[0]
+    core.on_tick(1.5)  # a is overdue: a strike (W[0] answered nothing), a replacement on W[1]
+    (repl,) = sends(core.poll_effects())
+    assert repl.worker == W[1] and core.stats.strikes == 1
+    core.on_result(repl.wire_id, W[1], right(b"a"), 1.6)
+    assert of(drain_inline(core, 1.6), Resolve)  # task 2 is done: a is cancelled
+    core.on_submit(task(3, deadline=20.0, data=b"b"), 1.7)
+    (b,) = sends(core.poll_effects())
+    assert b.worker == W[0]
+    if answers_cancelled_copy:
+        core.on_result(a.wire_id, W[0], right(b"a"), 2.0)  # within 4 x 4 x 0.1 s of its send
+        drain_inline(core, 2.0)
+    core.on_tick(2.2)  # b is overdue
+    drain_inline(core, 2.2)
+    assert core.stats.hedges == 2
+    assert core.stats.strikes == (1 if answers_cancelled_copy else 2)
+
+
 def test_finished_tasks_are_freed_without_the_cyclic_collector() -> None:
     """A resolved or rejected task leaves no reference cycle behind (task <-> copy <->
     answer): it is freed when the core drops it, not at the next full collection, which in
