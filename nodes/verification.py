@@ -37,10 +37,11 @@ correctly signed result is also a *right* one, using, per the cheating maths in
    a lone slow worker is never punished for being the only one. A worker that says a
    copy waits for a slot (``on_queued``, the wire's ``"Q"`` frame) has its hedge counted
    from the announced start (within the cap), and is not struck before that start plus
-   the copy's run time. Only an answer in time (a live copy answered before its hedge)
-   shows a worker is not silent, and a worker's own pace is believed up to
-   ``max_slowdown`` times the kind's: a worker that holds every task far longer than its
-   kind takes answers after its hedges, so it is struck like a silent one.
+   the copy's run time. Only an answer in time (before its copy's hedge, or within the
+   hedge delay of the slowest pace believed for the kind, ``max_slowdown`` times the
+   kind's; a copy cancelled while it ran included) shows a worker is not silent, and a
+   worker's own pace is believed only up to that limit: a worker that holds every task far
+   longer than its kind takes answers after its hedges, so it is struck like a silent one.
 7. **Bad signatures ban locally.** A result whose signature fails on a stream the Noise
    handshake authenticated can only come from that peer: it is banned at once (no
    evidence: an invalid signature proves nothing to a third party).
@@ -624,7 +625,7 @@ class VerificationCore:
         self._backlog: dict[bytes, dict[str, float]] = {}
         self._strikes: dict[bytes, int] = {}
         self._last_strike: dict[bytes, float] = {}
-        #: When each connected worker last answered a live copy in time (a copy hedged
+        #: When each connected worker last answered in time (``_alive_until``; a copy hedged
         #: after that is slow, not silent: it is replaced, not struck). A late answer is no
         #: sign of life: one that holds every task past its hedge would never be struck.
         self._last_answer: dict[bytes, float] = {}
@@ -843,7 +844,7 @@ class VerificationCore:
             if gone is not None and gone[0] == worker and now <= gone[1] and worker in self._workers:
                 self._last_answer[worker] = now
             return
-        if worker in self._workers and now <= max(copy.hedge_at, self._alive_until(copy)):
+        if worker in self._workers and now <= self._alive_until(copy):
             self._last_answer[worker] = now
         self._retire(copy)
         if worker in self._last_active:
@@ -1401,21 +1402,21 @@ class VerificationCore:
             self._last_strike.pop(copy.worker, None)
 
     def _alive_until(self, copy: _Copy) -> float:
-        """Until when an answer to ``copy`` shows its worker is alive (besides any time
-        before its hedge): the hedge delay of the slowest pace believed for its kind
-        (``max_slowdown``), from the send or, for a queued copy, from its announced start
-        plus run time. It keeps honest workers alive whose copies were hedged early by the
-        budget cap (deep queues of our own tiles); a worker that holds every task is not."""
+        """Until when an answer to ``copy`` shows its worker is alive: its hedge time, or
+        later, the hedge delay of the slowest pace believed for its kind (``max_slowdown``)
+        from the send or, for a queued copy, from its announced start plus run time. The
+        second keeps honest workers alive whose copies were hedged early by the budget cap
+        (deep queues of our own tiles); a worker that holds every task is not."""
         kind, estimate = _kind_of(copy)
         base = max(self._latency.get(kind, 0.0), estimate or 0.0)
         if base <= 0.0:
             return math.inf  # nothing to judge it by
         since = copy.due if copy.queued else copy.sent_at
-        return since + self._hedge_delay(self.config.max_slowdown * base, copy.ahead)
+        return max(copy.hedge_at, since + self._hedge_delay(self.config.max_slowdown * base, copy.ahead))
 
     def _hedge(self, copy: _Copy, now: float) -> None:
         """``copy`` is still unanswered at its hedge time: the task gets a replacement, and
-        the worker a strike unless it answered something since the copy was sent. Such a
+        the worker a strike unless it answered something in time since the copy was sent. Such a
         worker is busy, not silent (for instance with a queue of our own pipelined batch
         tiles, whose later ones outlast the hedge cap): the simulator saw hundreds of
         honest workers banned as unresponsive that way. Nor is one whose worker said the
@@ -1425,11 +1426,12 @@ class VerificationCore:
         self._uncount(copy)
         strikes = self._strikes.get(copy.worker, 0)
         last = self._last_strike.get(copy.worker)
-        # Busy, not silent, when it answered since the copy was sent. A probe never strikes:
-        # nobody waits on it, and it is sent on top of real work, often of the slowest kind
-        # (the simulator, 1,000 peers: 46 % of all strikes, nearly all on honest CPU workers
-        # running a path-tracing probe or with it queued behind other gamers' tiles). A
-        # worker cannot tell a probe from a task, so a silent one is struck on its tasks.
+        # Busy, not silent, when it answered in time since the copy was sent. A probe never
+        # strikes: nobody waits on it, and it is sent on top of real work, often of the
+        # slowest kind (the simulator, 1,000 peers: 46 % of all strikes, nearly all on
+        # honest CPU workers running a path-tracing probe or with it queued behind other
+        # gamers' tiles). A worker cannot tell a probe from a task, so a silent one is
+        # struck on its tasks.
         silent = (
             copy.known is None
             and now >= copy.due
@@ -1708,7 +1710,7 @@ class VerificationCore:
                 self._retire(copy)
                 self._emit(Cancel(copy.worker, copy.wire_id))
                 if copy.worker in self._workers:
-                    self._cancelled[copy.wire_id] = (copy.worker, max(copy.hedge_at, self._alive_until(copy)))
+                    self._cancelled[copy.wire_id] = (copy.worker, self._alive_until(copy))
                     if len(self._cancelled) > self._CANCELLED:
                         self._cancelled.popitem(last=False)
             self._copies.pop(copy.wire_id, None)

@@ -5,7 +5,8 @@ processes on loopback (real py-libp2p: TCP, Noise, yamux), of which 3 run with t
 ``--misbehave MODE`` flag, connects a fresh gamer with the default ``VerificationConfig``,
 runs a workload of small ``physics_step`` and ``flocking`` tasks (kinds whose wrong
 answers can pass the self-check), 12 at a time, and compares every resolved output with
-the right one computed locally. A baseline run with 10 honest workers gives the throughput to compare.
+the right one computed locally. A baseline run with 10 honest workers gives the throughput
+to compare.
 
 Modes (separate runs): ``wrong`` (always wrong), ``sleeper`` (``wrong:after=N``),
 ``forge`` (bad signatures), ``replay`` (another task's signed result), ``drop`` (never
