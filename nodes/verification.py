@@ -844,7 +844,7 @@ class VerificationCore:
             if gone is not None and gone[0] == worker and now <= gone[1] and worker in self._workers:
                 self._last_answer[worker] = now
             return
-        if worker in self._workers and now <= self._alive_until(copy):
+        if worker in self._workers and (now <= copy.hedge_at or now <= self._alive_until(copy)):
             self._last_answer[worker] = now
         self._retire(copy)
         if worker in self._last_active:
@@ -1391,7 +1391,7 @@ class VerificationCore:
         else:
             # A worker slower than ``max_slowdown`` x the kind is held there, and its answers
             # do not move the kind's pace (three slow workers in ten would drag it up).
-            limit = self.config.max_slowdown * max(kind_lat, estimate or 0.0)
+            limit = self._slowest_pace(kind, estimate)
             if pace > limit:
                 pace = limit
             else:
@@ -1407,18 +1407,23 @@ class VerificationCore:
         from the send or, for a queued copy, from its announced start plus run time. The
         second keeps honest workers alive whose copies were hedged early by the budget cap
         (deep queues of our own tiles); a worker that holds every task is not."""
-        kind, estimate = _kind_of(copy)
-        base = max(self._latency.get(kind, 0.0), estimate or 0.0)
-        if base <= 0.0:
+        slowest = self._slowest_pace(*_kind_of(copy))
+        if slowest <= 0.0:
             return math.inf  # nothing to judge it by
         since = copy.due if copy.queued else copy.sent_at
-        return max(copy.hedge_at, since + self._hedge_delay(self.config.max_slowdown * base, copy.ahead))
+        return max(copy.hedge_at, since + self._hedge_delay(slowest, copy.ahead))
+
+    def _slowest_pace(self, kind: str, estimate: float | None) -> float:
+        """The slowest pace believed for ``kind``: ``max_slowdown`` x the larger of its
+        recent latency over all workers and the task's cost-model ``estimate`` (0: neither
+        is known)."""
+        return self.config.max_slowdown * max(self._latency.get(kind, 0.0), estimate or 0.0)
 
     def _hedge(self, copy: _Copy, now: float) -> None:
         """``copy`` is still unanswered at its hedge time: the task gets a replacement, and
-        the worker a strike unless it answered something in time since the copy was sent. Such a
-        worker is busy, not silent (for instance with a queue of our own pipelined batch
-        tiles, whose later ones outlast the hedge cap): the simulator saw hundreds of
+        the worker a strike unless it answered something in time since the copy was sent.
+        Such a worker is busy, not silent (for instance with a queue of our own pipelined
+        batch tiles, whose later ones outlast the hedge cap): the simulator saw hundreds of
         honest workers banned as unresponsive that way. Nor is one whose worker said the
         copy waits behind other work and cannot be done yet (``on_queued``)."""
         if not self._eligible_besides(now, {copy.worker}):
@@ -1709,10 +1714,9 @@ class VerificationCore:
             if copy.live:
                 self._retire(copy)
                 self._emit(Cancel(copy.worker, copy.wire_id))
-                if copy.worker in self._workers:
-                    self._cancelled[copy.wire_id] = (copy.worker, self._alive_until(copy))
-                    if len(self._cancelled) > self._CANCELLED:
-                        self._cancelled.popitem(last=False)
+                self._cancelled[copy.wire_id] = (copy.worker, self._alive_until(copy))
+                if len(self._cancelled) > self._CANCELLED:
+                    self._cancelled.popitem(last=False)
             self._copies.pop(copy.wire_id, None)
             # Break the task <-> copy cycle (answers hold copies too), so a finished task is
             # freed by reference counting, not left for the cyclic collector: the SDK runs in

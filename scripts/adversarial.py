@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import sys
 import tempfile
@@ -260,7 +261,7 @@ async def run_one(
                     res.forged_or_replayed_accepted += 1
 
         async with trio.open_nursery() as n:
-            for i, (kind, params, data, right) in enumerate([*tasks, *more]):
+            for i, (kind, params, data, right) in enumerate(itertools.chain(tasks, more)):
                 if i >= len(tasks) and time.perf_counter() - t0 >= min_s:
                     break
                 await limit.acquire()
