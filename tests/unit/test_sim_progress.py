@@ -14,11 +14,9 @@ SCEN = Path(__file__).resolve().parents[2] / "simulations" / "scenarios" / "smal
 
 
 def _render(bar: _Bar) -> str:
-    out = Console(file=io.StringIO(), width=140, color_system=None)
+    out = Console(file=io.StringIO(), width=140, record=True)
     out.print(bar.progress.make_tasks_table(bar.progress.tasks))
-    text = out.file.getvalue()  # type: ignore[attr-defined]
-    assert isinstance(text, str)
-    return text
+    return out.export_text()
 
 
 def test_the_bar_shows_the_remaining_wall_time_from_the_pace_so_far() -> None:
